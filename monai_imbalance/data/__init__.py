@@ -1,0 +1,42 @@
+# Copyright (c) monai-imbalance contributors
+# Licensed under the Apache License, Version 2.0 (the "License").
+"""Data: MSD datalists with training fractions, input validation, synthetic phantoms, the built-in dataset.
+
+The built-in dataset is built by ``python -m monai_imbalance.data prepare`` (see :mod:`monai_imbalance.data.builtin`,
+imported lazily: it is only needed by that command).
+"""
+
+from __future__ import annotations
+
+from .datalist import (
+    SPLITS,
+    holdout_split,
+    load_datalist,
+    load_evaluation_datalist,
+    load_labels,
+    training_subset,
+)
+from .phantoms import make_phantom_case, make_phantom_dataset
+from .validation import (
+    DataValidationError,
+    ValidateSegmentationPaird,
+    check_datalist_files,
+    parse_labels,
+    read_dataset_json,
+)
+
+__all__ = [
+    "SPLITS",
+    "DataValidationError",
+    "ValidateSegmentationPaird",
+    "check_datalist_files",
+    "holdout_split",
+    "load_datalist",
+    "load_evaluation_datalist",
+    "load_labels",
+    "make_phantom_case",
+    "make_phantom_dataset",
+    "parse_labels",
+    "read_dataset_json",
+    "training_subset",
+]

@@ -1,0 +1,139 @@
+# Copyright (c) monai-imbalance contributors
+# Licensed under the Apache License, Version 2.0 (the "License").
+from __future__ import annotations
+
+import json
+import logging
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose, LoadImaged
+
+from monai_imbalance.data import (
+    DataValidationError,
+    ValidateSegmentationPaird,
+    load_datalist,
+    make_phantom_dataset,
+    parse_labels,
+    read_dataset_json,
+)
+
+
+@pytest.fixture()
+def root(tmp_path):
+    return make_phantom_dataset(tmp_path, num_training=3, num_validation=1, shape=(10, 10, 10), num_classes=3)
+
+
+def _write(root, name, array, affine=None):
+    path = root / name
+    nib.save(nib.Nifti1Image(array, np.diag([2.0, 2.0, 2.0, 1.0]) if affine is None else affine), str(path))
+    return str(path)
+
+
+def _check(root, image, label, labels=3, allow_empty=True):
+    load = LoadImaged(keys=["image", "label"], ensure_channel_first=True, image_only=True)
+    check = ValidateSegmentationPaird(keys="image", labels=labels, allow_empty_foreground=allow_empty)
+    return check(load({"image": image, "label": label}))
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{not json", "not valid JSON.*line 1"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"training": []}', "no 'labels' key"),
+        ('{"labels": {"0": "background"}}', "no 'training' key"),
+        ('{"labels": {"0": "bg", "x": "fg"}, "training": []}', "label key 'x'"),
+        ('{"labels": {"0": "bg", "2": "fg"}, "training": []}', "0..C-1"),
+        ('{"labels": {"1": "fg"}, "training": []}', "0..C-1"),
+        ('{"labels": {"0": "bg", "1": "fg"}, "training": {"a": 1}}', "'training' must be a list"),
+        ('{"labels": {"0": "bg", "1": "fg"}, "training": [{"label": "a.nii"}]}', "entry 0 of 'training'"),
+    ],
+)
+def test_malformed_dataset_json_is_named(tmp_path, text, match):
+    (tmp_path / "dataset.json").write_text(text)
+    with pytest.raises(DataValidationError, match=match) as err:
+        read_dataset_json(tmp_path)
+    assert str(tmp_path / "dataset.json") in str(err.value)
+
+
+def test_parse_labels_sorted_ints():
+    assert parse_labels({"1": "a", "0": "bg"}) == {0: "bg", 1: "a"}
+
+
+def test_shape_mismatch_caught_from_headers_and_voxels(root):
+    image = _write(root, "img.nii.gz", np.zeros((10, 10, 10), np.float32))
+    label = _write(root, "lab.nii.gz", np.zeros((10, 10, 9), np.uint8))
+    content = json.loads((root / "dataset.json").read_text())
+    content["training"].append({"image": "img.nii.gz", "label": "lab.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps(content))
+    with pytest.raises(DataValidationError, match=r"lab.nii.gz.*\(10, 10, 9\)") as err:
+        load_datalist(root, "training", training_fraction=1.0, validation_fraction=0.25)
+    assert "img.nii.gz" in str(err.value)
+    with pytest.raises(DataValidationError, match="spatial shape"):
+        _check(root, image, label)
+
+
+def test_affine_mismatch(root):
+    image = _write(root, "img.nii.gz", np.zeros((10, 10, 10), np.float32))
+    shifted = np.diag([2.0, 2.0, 2.0, 1.0])
+    shifted[0, 3] = 5.0
+    label = _write(root, "lab.nii.gz", np.zeros((10, 10, 10), np.uint8), affine=shifted)
+    with pytest.raises(DataValidationError, match="different affines") as err:
+        _check(root, image, label)
+    assert "lab.nii.gz" in str(err.value) and "5" in str(err.value)
+
+
+def test_unexpected_label_values_are_listed(root):
+    image = _write(root, "img.nii.gz", np.zeros((10, 10, 10), np.float32))
+    lab = np.zeros((10, 10, 10), np.uint8)
+    lab[1, 1, 1], lab[2, 2, 2] = 1, 7
+    label = _write(root, "lab.nii.gz", lab)
+    with pytest.raises(DataValidationError, match=r"lab.nii.gz.*value\(s\) \[7\].*\[0, 1, 2\]"):
+        _check(root, image, label)
+    frac = np.zeros((10, 10, 10), np.float32)
+    frac[0, 0, 0] = 0.5
+    with pytest.raises(DataValidationError, match=r"\[0.5\]"):
+        _check(root, image, _write(root, "frac.nii.gz", frac))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_intensities(root, bad):
+    img = np.zeros((10, 10, 10), np.float32)
+    img[3, 3, 3] = bad
+    image = _write(root, "img.nii.gz", img)
+    label = _write(root, "lab.nii.gz", np.ones((10, 10, 10), np.uint8))
+    with pytest.raises(DataValidationError, match=r"img.nii.gz.*1 non-finite"):
+        _check(root, image, label)
+
+
+def test_empty_foreground_warns_or_raises(root, caplog):
+    image = _write(root, "img.nii.gz", np.zeros((10, 10, 10), np.float32))
+    label = _write(root, "lab.nii.gz", np.zeros((10, 10, 10), np.uint8))
+    with caplog.at_level(logging.WARNING):
+        out = _check(root, image, label)
+    assert "no foreground" in caplog.text and "lab.nii.gz" in caplog.text
+    assert torch.equal(torch.as_tensor(out["label"]), torch.zeros(1, 10, 10, 10, dtype=torch.uint8))
+    with pytest.raises(DataValidationError, match="no foreground"):
+        _check(root, image, label, allow_empty=False)
+
+
+def test_valid_case_passes_unchanged(root):
+    entry = load_datalist(root, "training")[0]
+    out = _check(root, entry["image"], entry["label"], labels={"0": "bg", "1": "a", "2": "b"})
+    assert out["image"].shape == (1, 10, 10, 10) and int(out["label"].max()) == 2
+
+
+def test_error_surfaces_through_a_monai_pipeline(root):
+    """Inside ``Compose`` MONAI wraps errors; the cause is still our error, naming the file."""
+    image = _write(root, "img.nii.gz", np.zeros((10, 10, 10), np.float32))
+    lab = np.full((10, 10, 10), 9, np.uint8)
+    label = _write(root, "lab.nii.gz", lab)
+    pipeline = Compose(
+        [LoadImaged(keys=["image", "label"], ensure_channel_first=True, image_only=True), ValidateSegmentationPaird("image")]
+    )
+    with pytest.raises(RuntimeError) as err:
+        pipeline({"image": image, "label": label})
+    assert isinstance(err.value.__cause__, DataValidationError) and "lab.nii.gz" in str(err.value.__cause__)
