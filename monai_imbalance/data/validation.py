@@ -77,7 +77,7 @@ def parse_labels(labels: Any, source: str = "dataset.json") -> dict[int, str]:
         DataValidationError: if it is not a mapping of integer-like keys to names, lacks ``"0"``, or has gaps.
     """
     if not isinstance(labels, Mapping) or not labels:
-        raise DataValidationError(f"{source}: 'labels' must be a non-empty object like {{\"0\": \"background\"}}.")
+        raise DataValidationError(f'{source}: \'labels\' must be a non-empty object like {{"0": "background"}}.')
     parsed: dict[int, str] = {}
     for key, name in labels.items():
         try:
@@ -89,9 +89,7 @@ def parse_labels(labels: Any, source: str = "dataset.json") -> dict[int, str]:
         parsed[index] = str(name)
     indices = sorted(parsed)
     if indices != list(range(len(indices))):
-        raise DataValidationError(
-            f"{source}: 'labels' keys must be 0..C-1 with 0 the background; got {indices}."
-        )
+        raise DataValidationError(f"{source}: 'labels' keys must be 0..C-1 with 0 the background; got {indices}.")
     return {i: parsed[i] for i in indices}
 
 

@@ -5,5 +5,12 @@
 from __future__ import annotations
 
 from .checkpoint import BestModelSaver, LatestCheckpointSaver, ResumeFromLatestCheckpoint, atomic_torch_save
+from .segmentation_report import SegmentationReportHandler
 
-__all__ = ["BestModelSaver", "LatestCheckpointSaver", "ResumeFromLatestCheckpoint", "atomic_torch_save"]
+__all__ = [
+    "BestModelSaver",
+    "LatestCheckpointSaver",
+    "ResumeFromLatestCheckpoint",
+    "SegmentationReportHandler",
+    "atomic_torch_save",
+]

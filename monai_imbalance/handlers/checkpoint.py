@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.utils import IgniteInfo
 from monai.handlers import CheckpointLoader
-from monai.utils import min_version, optional_import
+from monai.utils import IgniteInfo, min_version, optional_import
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -111,7 +110,8 @@ class BestModelSaver:
     def __call__(self, engine: Engine) -> None:
         name = self.metric_name or getattr(engine.state, "key_metric_name", None)
         if name is None or name not in engine.state.metrics:
-            raise KeyError(f"BestModelSaver: metric {name!r} not in the evaluator's metrics {list(engine.state.metrics)}.")
+            metrics = list(engine.state.metrics)
+            raise KeyError(f"BestModelSaver: metric {name!r} not in the evaluator's metrics {metrics}.")
         value = float(engine.state.metrics[name])
         if value != value or value <= self.best_metric:  # NaN never counts as an improvement
             return

@@ -30,7 +30,7 @@ def test_training_subsets_are_nested_deterministic_and_sized():
     for seed in (0, 1, 7):
         subsets = [training_subset(cases, f, seed) for f in FRACTIONS]
         assert [len(s) for s in subsets] == [2, 4, 8, 20, 40]
-        for small, large in zip(subsets, subsets[1:]):
+        for small, large in zip(subsets, subsets[1:], strict=False):
             assert set(small) <= set(large)
         assert subsets == [training_subset(cases, f, seed) for f in FRACTIONS]  # same seed, same cases
         assert all(s == sorted(s) for s in subsets)  # original order kept

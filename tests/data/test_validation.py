@@ -132,7 +132,10 @@ def test_error_surfaces_through_a_monai_pipeline(root):
     lab = np.full((10, 10, 10), 9, np.uint8)
     label = _write(root, "lab.nii.gz", lab)
     pipeline = Compose(
-        [LoadImaged(keys=["image", "label"], ensure_channel_first=True, image_only=True), ValidateSegmentationPaird("image")]
+        [
+            LoadImaged(keys=["image", "label"], ensure_channel_first=True, image_only=True),
+            ValidateSegmentationPaird("image"),
+        ]
     )
     with pytest.raises(RuntimeError) as err:
         pipeline({"image": image, "label": label})

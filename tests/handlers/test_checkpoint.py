@@ -9,7 +9,12 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from monai_imbalance.handlers import BestModelSaver, LatestCheckpointSaver, ResumeFromLatestCheckpoint, atomic_torch_save
+from monai_imbalance.handlers import (
+    BestModelSaver,
+    LatestCheckpointSaver,
+    ResumeFromLatestCheckpoint,
+    atomic_torch_save,
+)
 
 
 def test_atomic_save_replaces_whole_file_and_cleans_up(tmp_path, monkeypatch):

@@ -1,0 +1,189 @@
+# Copyright (c) monai-imbalance contributors
+# Licensed under the Apache License, Version 2.0 (the "License").
+"""The ``asymmetric_segmentation`` bundle through ``ConfigWorkflow``, as the Model Zoo's unit tests run bundles.
+
+Tiny phantoms (32^3), a tiny DynUNet and 16^3 patches keep each run to seconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from monai_imbalance.data import make_phantom_dataset
+
+
+def _epoch(checkpoint: dict) -> int:
+    """The trainer's epoch in a checkpoint (ignite saves the iteration and the epoch length)."""
+    return checkpoint["trainer"]["iteration"] // checkpoint["trainer"]["epoch_length"]
+
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "asymmetric_segmentation"
+CONFIGS = BUNDLE / "configs"
+TINY = {
+    "epochs": 2,
+    "val_interval": 1,
+    "patch_size": [16, 16, 16],
+    "filters": [8, 16, 32],
+    "batch_size": 2,
+    "num_samples": 2,
+    "num_workers": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), num_training=4, num_validation=2, seed=1)
+
+
+def _workflow(config_files, dataset, bundle_root, workflow_type="train", **override):
+    files = [str(CONFIGS / f) for f in config_files]
+    return ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        dataset_dir=str(dataset),
+        bundle_root=str(bundle_root),
+        **{**TINY, **override},
+    )
+
+
+def _run(wf):
+    wf.initialize()
+    assert not wf.check_properties()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    wf = _run(_workflow(["train.json"], dataset, root))
+    return root, wf
+
+
+def test_train_writes_best_and_latest_checkpoints(trained):
+    root, wf = trained
+    assert wf.trainer.state.epoch == 2 and wf.trainer.state.iteration == 4  # 4 cases / batch 2 = 2 per epoch
+    latest = torch.load(root / "models" / "latest.pt", weights_only=True)
+    assert set(latest) == {"model", "optimizer", "lr_scheduler", "trainer", "best"}
+    assert _epoch(latest) == 2
+    best = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert set(best) == set(wf.parser.get_parsed_content("network_def").state_dict())  # a bare state dict
+    assert 0.0 <= latest["best"]["best_metric"] <= 1.0 and latest["best"]["best_epoch"] in (1, 2)
+    assert any(p.name.startswith("events.out.tfevents") for p in (root / "eval" / "tensorboard").iterdir())
+    assert not list((root / "models").glob(".*tmp*"))  # atomic writes leave no temporary file
+
+
+def test_evaluate_reports_test_and_external(trained, dataset):
+    root, _ = trained
+    wf = _run(_workflow(["train.json", "evaluate.json"], dataset, root, save_predictions=True))
+    with open(root / "eval" / "metrics_per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({r["split"] for r in rows}) == ["external", "test"]
+    assert len(rows) == 3  # 2 test + 1 external cases, one foreground class
+    for r in rows:
+        assert 0.0 <= float(r["dice"]) <= 1.0
+    table = (root / "eval" / "metrics_summary.md").read_text()
+    assert "DSC" in table and "HD95" in table and "external" in table
+    # predictions are written on the label's original grid
+    pred = nib.load(next((root / "eval" / "predictions").glob("*_seg.nii.gz")))
+    assert pred.shape[:3] == (32, 32, 32) and set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+    assert wf.evaluator.state.metrics["val_mean_dice"] >= 0.0
+
+
+def test_inference_writes_segmentations(trained, dataset, tmp_path):
+    root, _ = trained
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="inference",
+        bundle_root=str(root),
+        dataset_dir=str(dataset),
+        output_dir=str(tmp_path),
+        patch_size=TINY["patch_size"],
+        filters=TINY["filters"],
+        **{"dataloader#num_workers": 0},
+    )
+    _run(wf)
+    outputs = sorted(tmp_path.glob("*_seg.nii.gz"))
+    assert len(outputs) == 2
+    seg = nib.load(outputs[0])
+    assert seg.shape[:3] == (32, 32, 32) and np.allclose(seg.affine, np.diag([2.0, 2.0, 2.0, 1.0]))
+
+
+def test_resume_continues_from_latest(dataset, tmp_path):
+    _run(_workflow(["train.json"], dataset, tmp_path, epochs=1))
+    first = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)
+    wf = _run(_workflow(["train.json"], dataset, tmp_path, epochs=3, resume=True))
+    assert wf.trainer.state.epoch == 3 and wf.trainer.state.iteration == 6  # continued: 2 more epochs of 2
+    latest = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)
+    assert _epoch(latest) == 3
+    assert latest["best"]["best_metric"] >= first["best"]["best_metric"]  # the best score was carried over
+
+
+def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path):
+    wf = _workflow(["train.json"], dataset, tmp_path, resume=True)
+    wf.initialize()
+    with pytest.raises(RuntimeError) as err:  # MONAI wraps errors raised while it builds the trainer
+        wf.run()
+    cause = err.value
+    while cause is not None and not isinstance(cause, FileNotFoundError):
+        cause = cause.__cause__
+    assert cause is not None and "no checkpoint" in str(cause) and str(tmp_path / "models" / "latest.pt") in str(cause)
+
+
+def test_same_seed_gives_identical_weights(dataset, tmp_path):
+    weights = []
+    for run in ("a", "b"):
+        _run(_workflow(["train.json"], dataset, tmp_path / run, epochs=1, val_interval=5, num_workers=2))
+        weights.append(torch.load(tmp_path / run / "models" / "latest.pt", weights_only=True)["model"])
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
+    _run(_workflow(["train.json"], dataset, tmp_path / "c", epochs=1, val_interval=5, seed=1))
+    other = torch.load(tmp_path / "c" / "models" / "latest.pt", weights_only=True)["model"]
+    assert any(not torch.equal(other[k], weights[0][k]) for k in other)  # and the seed matters
+
+
+def test_killed_mid_epoch_then_resumed(dataset, tmp_path):
+    """Kill the CLI run while it trains, then ``--resume``: it continues from the last saved epoch."""
+    args = [
+        sys.executable, "-m", "monai.bundle", "run", "training",
+        "--config_file", str(CONFIGS / "train.json"), "--meta_file", str(CONFIGS / "metadata.json"),
+        "--logging_file", str(CONFIGS / "logging.conf"), "--dataset_dir", str(dataset), "--bundle_root", str(tmp_path),
+        "--patch_size", "[16,16,16]", "--filters", "[8,16,32]", "--num_workers", "0", "--val_interval", "100",
+    ]  # fmt: skip
+    latest = tmp_path / "models" / "latest.pt"
+    proc = subprocess.Popen([*args, "--epochs", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not latest.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(0.5)  # well into a later epoch
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved_epoch = _epoch(torch.load(latest, weights_only=True))
+    assert 1 <= saved_epoch < 1000
+    out = subprocess.run(
+        [*args, "--epochs", str(saved_epoch + 1), "--resume", "true"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Restored all variables" in out.stdout + out.stderr
+    assert _epoch(torch.load(latest, weights_only=True)) == saved_epoch + 1
