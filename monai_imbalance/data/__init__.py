@@ -2,12 +2,13 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Data: MSD datalists with training fractions, input validation, synthetic phantoms, the built-in dataset.
 
-The built-in dataset is built by ``python -m monai_imbalance.data prepare`` (see :mod:`monai_imbalance.data.builtin`,
-imported lazily: it is only needed by that command).
+The built-in dataset is built by ``python -m monai_imbalance.data prepare`` (:func:`prepare_dataset`, see
+:mod:`monai_imbalance.data.builtin` for what it is and :mod:`monai_imbalance.data.sources` for where it comes from).
 """
 
 from __future__ import annotations
 
+from .builtin import TASKS, PrepareError, prepare_dataset, synthesize_case
 from .datalist import (
     SPLITS,
     holdout_split,
@@ -17,6 +18,7 @@ from .datalist import (
     training_subset,
 )
 from .phantoms import make_phantom_case, make_phantom_dataset
+from .sources import ChecksumError, SourceError, default_cache_dir
 from .validation import (
     DataValidationError,
     ValidateSegmentationPaird,
@@ -27,6 +29,13 @@ from .validation import (
 
 __all__ = [
     "SPLITS",
+    "TASKS",
+    "ChecksumError",
+    "PrepareError",
+    "SourceError",
+    "default_cache_dir",
+    "prepare_dataset",
+    "synthesize_case",
     "DataValidationError",
     "ValidateSegmentationPaird",
     "check_datalist_files",
