@@ -31,15 +31,6 @@ def _epoch(checkpoint: dict) -> int:
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "asymmetric_segmentation"
 CONFIGS = BUNDLE / "configs"
-TINY = {
-    "epochs": 2,
-    "val_interval": 1,
-    "patch_size": [16, 16, 16],
-    "filters": [8, 16, 32],
-    "batch_size": 2,
-    "num_samples": 2,
-    "num_workers": 0,
-}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +38,7 @@ def dataset(tmp_path_factory):
     return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), num_training=4, num_validation=2, seed=1)
 
 
-def _workflow(config_files, dataset, bundle_root, workflow_type="train", **override):
+def _workflow(config_files, dataset, bundle_root, tiny, workflow_type="train", **override):
     files = [str(CONFIGS / f) for f in config_files]
     return ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
@@ -56,7 +47,7 @@ def _workflow(config_files, dataset, bundle_root, workflow_type="train", **overr
         workflow_type=workflow_type,
         dataset_dir=str(dataset),
         bundle_root=str(bundle_root),
-        **{**TINY, **override},
+        **{**tiny, **override},
     )
 
 
@@ -69,9 +60,9 @@ def _run(wf):
 
 
 @pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory):
+def trained(dataset, tmp_path_factory, tiny_overrides):
     root = tmp_path_factory.mktemp("bundle")
-    wf = _run(_workflow(["train.json"], dataset, root))
+    wf = _run(_workflow(["train.json"], dataset, root, tiny_overrides))
     return root, wf
 
 
@@ -88,9 +79,9 @@ def test_train_writes_best_and_latest_checkpoints(trained):
     assert not list((root / "models").glob(".*tmp*"))  # atomic writes leave no temporary file
 
 
-def test_evaluate_reports_test_and_external(trained, dataset):
+def test_evaluate_reports_test_and_external(trained, dataset, tiny_overrides):
     root, _ = trained
-    wf = _run(_workflow(["train.json", "evaluate.json"], dataset, root, save_predictions=True))
+    wf = _run(_workflow(["train.json", "evaluate.json"], dataset, root, tiny_overrides, save_predictions=True))
     with open(root / "eval" / "metrics_per_case.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted({r["split"] for r in rows}) == ["external", "test"]
@@ -105,7 +96,7 @@ def test_evaluate_reports_test_and_external(trained, dataset):
     assert wf.evaluator.state.metrics["val_mean_dice"] >= 0.0
 
 
-def test_inference_writes_segmentations(trained, dataset, tmp_path):
+def test_inference_writes_segmentations(trained, dataset, tmp_path, tiny_overrides):
     root, _ = trained
     wf = ConfigWorkflow(
         config_file=str(CONFIGS / "inference.json"),
@@ -115,8 +106,8 @@ def test_inference_writes_segmentations(trained, dataset, tmp_path):
         bundle_root=str(root),
         dataset_dir=str(dataset),
         output_dir=str(tmp_path),
-        patch_size=TINY["patch_size"],
-        filters=TINY["filters"],
+        patch_size=tiny_overrides["patch_size"],
+        filters=tiny_overrides["filters"],
         **{"dataloader#num_workers": 0},
     )
     _run(wf)
@@ -126,18 +117,18 @@ def test_inference_writes_segmentations(trained, dataset, tmp_path):
     assert seg.shape[:3] == (32, 32, 32) and np.allclose(seg.affine, np.diag([2.0, 2.0, 2.0, 1.0]))
 
 
-def test_resume_continues_from_latest(dataset, tmp_path):
-    _run(_workflow(["train.json"], dataset, tmp_path, epochs=1))
+def test_resume_continues_from_latest(dataset, tmp_path, tiny_overrides):
+    _run(_workflow(["train.json"], dataset, tmp_path, tiny_overrides, epochs=1))
     first = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)
-    wf = _run(_workflow(["train.json"], dataset, tmp_path, epochs=3, resume=True))
+    wf = _run(_workflow(["train.json"], dataset, tmp_path, tiny_overrides, epochs=3, resume=True))
     assert wf.trainer.state.epoch == 3 and wf.trainer.state.iteration == 6  # continued: 2 more epochs of 2
     latest = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)
     assert _epoch(latest) == 3
     assert latest["best"]["best_metric"] >= first["best"]["best_metric"]  # the best score was carried over
 
 
-def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path):
-    wf = _workflow(["train.json"], dataset, tmp_path, resume=True)
+def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path, tiny_overrides):
+    wf = _workflow(["train.json"], dataset, tmp_path, tiny_overrides, resume=True)
     wf.initialize()
     with pytest.raises(RuntimeError) as err:  # MONAI wraps errors raised while it builds the trainer
         wf.run()
@@ -147,15 +138,17 @@ def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path):
     assert cause is not None and "no checkpoint" in str(cause) and str(tmp_path / "models" / "latest.pt") in str(cause)
 
 
-def test_same_seed_gives_identical_weights(dataset, tmp_path):
+def test_same_seed_gives_identical_weights(dataset, tmp_path, tiny_overrides):
     weights = []
     for run in ("a", "b"):
-        _run(_workflow(["train.json"], dataset, tmp_path / run, epochs=1, val_interval=5, num_workers=2))
+        _run(
+            _workflow(["train.json"], dataset, tmp_path / run, tiny_overrides, epochs=1, val_interval=5, num_workers=2)
+        )
         weights.append(torch.load(tmp_path / run / "models" / "latest.pt", weights_only=True)["model"])
     assert weights[0].keys() == weights[1].keys()
     for k in weights[0]:
         assert torch.equal(weights[0][k], weights[1][k]), k
-    _run(_workflow(["train.json"], dataset, tmp_path / "c", epochs=1, val_interval=5, seed=1))
+    _run(_workflow(["train.json"], dataset, tmp_path / "c", tiny_overrides, epochs=1, val_interval=5, seed=1))
     other = torch.load(tmp_path / "c" / "models" / "latest.pt", weights_only=True)["model"]
     assert any(not torch.equal(other[k], weights[0][k]) for k in other)  # and the seed matters
 
