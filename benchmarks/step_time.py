@@ -6,9 +6,11 @@ What it measures, on the exact objects a bundle config builds (network, loss, op
 
 - ``loader``: patches per second out of ``train#dataloader`` (cached deterministic transforms, workers for the
   random crop and augmentation), after the cache is filled and one warm-up batch;
-- ``step``: seconds per training iteration (forward, loss, backward, optimiser step) on a fixed batch, so data
-  loading is excluded, median over ``--iters`` iterations after ``--warmup``; peak memory (CUDA allocator on
-  GPU, the process's peak resident set size on CPU).
+- ``step``: seconds per training iteration (forward, loss, backward, optimiser step; for the regularised
+  trainer all its extra steps) on a fixed batch, so data loading is excluded, median over ``--iters`` iterations
+  after ``--warmup``; peak memory (CUDA allocator on GPU, the process's peak resident set size on CPU).
+
+Each variant is measured in a fresh process, so its peak memory is its own.
 
 Each row is a variant (an override file under ``bundles/<name>/configs/variants/`` or the vanilla train.json);
 later issues add their variants and the ``ratio`` column compares each one with vanilla measured in the same run.
@@ -17,13 +19,17 @@ Usage::
 
     python benchmarks/step_time.py                                  # phantoms, CPU-sized
     python benchmarks/step_time.py --dataset_dir data/deep_grey_matter --iters 20
+    python benchmarks/step_time.py --variants $(ls bundles/asymmetric_segmentation/configs/variants | sed 's/.json//')
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,6 +93,22 @@ def time_step(parser: ConfigParser, iters: int, warmup: int) -> tuple[float, flo
     return statistics.median(times), _peak_memory_mb(device)
 
 
+def measure(bundle: str, variant: str | None, overrides: dict, args: argparse.Namespace) -> dict:
+    """Loader throughput, step time and peak memory of one variant (run in its own process, see ``main``)."""
+    parser = _parser(bundle, variant, overrides)
+    torch.manual_seed(0)
+    patches_per_s = time_loader(parser, args.loader_batches)
+    step_s, peak_mb = time_step(_parser(bundle, variant, overrides), args.iters, args.warmup)
+    return {
+        "variant": variant or "vanilla",
+        "patches": parser["batch_size"] * parser["num_samples"],
+        "patch": str(parser["patch_size"]),
+        "step_s": step_s,
+        "patches_per_s": patches_per_s,
+        "peak_mb": peak_mb,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", default="asymmetric_segmentation")
@@ -96,7 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--loader_batches", type=int, default=20)
     ap.add_argument("--num_workers", type=int, default=2)
+    ap.add_argument("--single", default=None, help=argparse.SUPPRESS)  # internal: measure one variant, print JSON
     args = ap.parse_args(argv)
+
+    if args.single is not None:
+        overrides = json.loads(os.environ["STEP_TIME_OVERRIDES"])
+        variant = None if args.single == "vanilla" else args.single
+        print("RESULT " + json.dumps(measure(args.bundle, variant, overrides, args)))
+        return 0
 
     tmp = None
     dataset_dir = args.dataset_dir
@@ -109,20 +138,31 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dataset {dataset_dir}")
     rows = []
-    for variant in [None, *args.variants]:
-        parser = _parser(args.bundle, variant, overrides)
-        torch.manual_seed(0)
-        patches_per_s = time_loader(parser, args.loader_batches)
-        step_s, peak_mb = time_step(_parser(args.bundle, variant, overrides), args.iters, args.warmup)
-        bs = parser["batch_size"] * parser["num_samples"]
-        rows.append((variant or "vanilla", bs, str(parser["patch_size"]), step_s, patches_per_s, peak_mb))
+    passthrough = [f"--{k}={getattr(args, k)}" for k in ("bundle", "iters", "warmup", "loader_batches")]
+    for variant in ["vanilla", *args.variants]:
+        # each variant in a fresh process: peak memory is its own, and no state leaks between variants
+        out = subprocess.run(
+            [sys.executable, __file__, "--single", variant, *passthrough],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "STEP_TIME_OVERRIDES": json.dumps(overrides)},
+        )
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        if out.returncode != 0 or not line:
+            print(f"variant {variant} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+            return 1
+        rows.append(json.loads(line[0][len("RESULT ") :]))
+        print(f"measured {variant}", flush=True)
 
-    base = rows[0][3]
+    base = rows[0]["step_s"]
     print()
     print("| variant | patches/iter | patch | step (s) | ratio vs vanilla | loader (patches/s) | peak mem (MiB) |")
     print("|---|---|---|---|---|---|---|")
-    for name, bs, patch, step_s, pps, mem in rows:
-        print(f"| {name} | {bs} | {patch} | {step_s:.3f} | {step_s / base:.2f} | {pps:.1f} | {mem:.0f} |")
+    for r in rows:
+        print(
+            f"| {r['variant']} | {r['patches']} | {r['patch']} | {r['step_s']:.3f} | {r['step_s'] / base:.2f} | "
+            f"{r['patches_per_s']:.1f} | {r['peak_mb']:.0f} |"
+        )
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -16,7 +16,7 @@ from monai.losses import TverskyLoss
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from .margin_focal import check_input, prepare_mask, prepare_target
+from .utils import check_input, check_nonnegative, check_reduction, prepare_mask, prepare_target
 
 __all__ = ["FBetaLoss"]
 
@@ -70,17 +70,11 @@ class FBetaLoss(_Loss):
         reduction: LossReduction | str = LossReduction.MEAN,
     ) -> None:
         name = type(self).__name__
-        try:
-            reduction = LossReduction(reduction).value
-        except ValueError:
-            raise ValueError(f"{name}: reduction={reduction!r} is not one of 'mean', 'sum', 'none'.") from None
-        super().__init__(reduction=reduction)
+        super().__init__(reduction=check_reduction(reduction, name))
         beta = float(beta)
         if not (beta > 0 and math.isfinite(beta)):
             raise ValueError(f"{name}: beta must be a finite number > 0, got beta={beta}.")
-        smooth = float(smooth)
-        if not (smooth >= 0 and math.isfinite(smooth)):
-            raise ValueError(f"{name}: smooth must be a finite number >= 0, got smooth={smooth}.")
+        smooth = check_nonnegative(smooth, "smooth", name)
         self.beta = beta
         self.smooth = smooth
         self.include_background = bool(include_background)
