@@ -8,8 +8,8 @@ methods.md 1.8) takes up to three optimizer steps per iteration:
 
 1. the normal step on the (augmented) batch with the training loss: exactly :class:`monai.engines.SupervisedTrainer`'s
    step, with its ``IterationEvents``, AMP, ``optim_set_to_none``, metrics, postprocessing and ``loss`` output;
-2. if ``adversarial`` is set: ``r_adv = adversarial_perturbation(network, x, y, ...)`` (methods.md 1.4), then a step
-   on ``x + r_adv`` with the full loss;
+2. if ``adversarial`` is set: ``r_adv`` of L2 norm ``eps`` per sample in the direction of the input gradient of the
+   loss on rare-class voxels (methods.md 1.4), then a step on ``x + r_adv`` with the full loss;
 3. if ``mixup`` is set: a step on ``lam * x + (1 - lam) * x.flip(0)`` with the mixed target and loss mask of
    :func:`~monai_imbalance.engines.mixup_labels` (methods.md 1.5).
 
@@ -18,6 +18,30 @@ Each extra step runs on the same augmented batch as step 1, or on the raw (un-au
 losses are stored under ``"loss_adversarial"`` and ``"loss_mixup"`` (and the mixing weight under ``"mixup_lambda"``).
 The extra steps run after step 1 has fired ``MODEL_COMPLETED`` (so metrics and postprocessing see step 1's
 prediction) and before ``ITERATION_COMPLETED``.
+
+The adversarial direction from step 1's forward pass
+----------------------------------------------------
+The authors compute the direction with a probe: a forward pass at ``x + xi * normalize(d)`` and a backward pass to the
+input (:func:`~monai_imbalance.engines.adversarial_perturbation`). When the adversarial step uses step 1's batch
+(``raw: false``), the trainer can get the gradient without the probe's forward pass (``"reuse_forward": true``, an
+opt-in): step 1's input is made a leaf that requires grad, and between step 1's ``LOSS_COMPLETED`` and its backward
+pass it takes ``torch.autograd.grad(rare_direction_loss(pred), x, retain_graph=True)`` on step 1's own prediction,
+then runs step 1's backward pass and optimizer step unchanged, and later the step on ``x + eps * normalize(grad)``.
+
+Why this is the authors' direction: the probe's offset ``xi * normalize(d)`` (``xi = 1e-5``, unit L2 norm over
+``n ~ 1e5`` voxels) is about ``3e-8`` per voxel, below half the float32 spacing of ``x`` for most voxels of a
+z-normalised image (``x + xi * d == x`` in float32 for ~60 % of the voxels of a 48^3 patch, the others move by an ulp
+or two), so the probe's gradient is the gradient at ``x`` up to float rounding; the tests check that the two
+directions agree (cosine > 0.999) and that the reused one equals an independent gradient at ``x``. The forward pass
+is step 1's, in training mode as the probe's: BatchNorm uses the same batch statistics and updates its running
+statistics once (the probe restores them, so neither path adds an update); dropout uses step 1's mask instead of a
+fresh one. ``torch.autograd.grad`` with respect to the input leaves no gradient in the parameters, so step 1's
+gradients are exactly ``SupervisedTrainer``'s. The cost is one backward pass to the input (no weight gradients)
+instead of a forward plus that backward pass (measured on CPU, DynUNet 16-32-64-128, batch 4 of 48^3: 2.51x the
+vanilla step instead of 2.77x). ``xi`` and ``distribution`` are not used on this path (it is the ``xi -> 0`` limit).
+It is not the default because it differs from the authors' loop in one real way: the direction is computed with the
+weights *before* step 1's optimizer update, while the authors' probe runs after it (one update later). With
+``raw: true`` the direction is at the raw batch, which step 1 never sees, so the probe always runs.
 
 The raw batch
 -------------
@@ -45,16 +69,25 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from .adversarial import DEFAULT_EPS, DEFAULT_XI, _logits_of, adversarial_perturbation
+from .adversarial import (
+    DEFAULT_EPS,
+    DEFAULT_XI,
+    _logits_of,
+    adversarial_perturbation,
+    perturbation_from_gradient,
+    rare_direction_loss,
+)
 from .mixup import _as_plain, mixup_images, mixup_labels, sample_mixup_lambda, validate_rare_classes
 
 if TYPE_CHECKING:
@@ -92,6 +125,9 @@ class AdversarialConfig:
         dice: add nnU-Net's soft Dice on rare voxels to the direction loss (default CE only, as DeepMedic).
         distribution: random start, ``"normal"`` (nnU-Net) or ``"uniform"`` (DeepMedic).
         loss_function: loss of the step on ``x + r_adv``; ``None``: the trainer's ``extra_loss_function``.
+        reuse_forward: take the direction from step 1's forward pass (the gradient at ``x``) instead of a probe
+            forward pass at ``x + xi * d`` (see the module docstring: one update earlier than the authors' probe, about
+            10 % faster); only with ``raw=False``. Default ``False``: the authors' probe.
     """
 
     eps: float = DEFAULT_EPS
@@ -101,6 +137,19 @@ class AdversarialConfig:
     dice: bool = False
     distribution: str = "normal"
     loss_function: Callable | None = None
+    reuse_forward: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reuse_forward and self.raw:
+            raise ValueError(
+                "adversarial reuse_forward=True needs raw=False: with raw=True the direction is taken at the raw "
+                "batch, which step 1's forward pass does not see."
+            )
+
+    @property
+    def reuses_forward(self) -> bool:
+        """Whether the direction comes from step 1's forward pass (``reuse_forward`` resolved)."""
+        return bool(self.reuse_forward)
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> AdversarialConfig:
@@ -117,6 +166,7 @@ class AdversarialConfig:
             dice=bool(config.get("dice", False)),
             distribution=distribution,
             loss_function=config.get("loss_function"),
+            reuse_forward=bool(config.get("reuse_forward", False)),
         )
 
 
@@ -171,7 +221,8 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         optimizer: the optimizer; it steps once per enabled step (1 to 3 times per iteration).
         loss_function: the loss of the normal step, ``loss(pred, label)``.
         adversarial: settings of the adversarial step (keys of :class:`AdversarialConfig`: ``eps``, ``xi``,
-            ``rare_classes``, ``raw``, ``dice``, ``distribution``, ``loss_function``); ``None`` disables it.
+            ``rare_classes``, ``raw``, ``dice``, ``distribution``, ``loss_function``, ``reuse_forward``); ``None``
+            disables it.
         mixup: settings of the mixup step (keys of :class:`MixupConfig`: ``alpha``, ``margin``, ``rare_classes``,
             ``raw``, ``loss_function``); ``None`` disables it.
         extra_loss_function: the loss of the extra steps when their config names none; default ``loss_function``.
@@ -233,6 +284,7 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         self.raw_image_key = raw_image_key
         self.raw_label_key = raw_label_key
         self._step_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._reused_r_adv: torch.Tensor | None = None
         if extras:
             self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._keep_step_batch)
 
@@ -288,10 +340,19 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         assert cfg is not None
         x, y = self._extra_batch(engine, batchdata, cfg.raw, "adversarial")
         loss_fn = self.extra_loss_function if cfg.loss_function is None else cfg.loss_function
-        with self._amp_context(engine):
-            r_adv = adversarial_perturbation(
-                engine.network, x, y, cfg.eps, cfg.xi, cfg.rare_classes, dice=cfg.dice, distribution=cfg.distribution
-            )
+        r_adv, self._reused_r_adv = self._reused_r_adv, None
+        if r_adv is None:  # the probe: raw batch, reuse_forward=False, or the reused gradient was unusable
+            with self._amp_context(engine):
+                r_adv = adversarial_perturbation(
+                    engine.network,
+                    x,
+                    y,
+                    cfg.eps,
+                    cfg.xi,
+                    cfg.rare_classes,
+                    dice=cfg.dice,
+                    distribution=cfg.distribution,
+                )
         x_adv = x + r_adv
 
         def compute_loss() -> torch.Tensor:
@@ -317,6 +378,105 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
 
         return {self.MIXUP_LOSS_KEY: self._optimizer_step(engine, compute_loss), self.MIXUP_LAMBDA_KEY: lam}
 
+    def _direction_from_step(
+        self, engine: SupervisedTrainer, pred: Any, x: torch.Tensor, y: Any
+    ) -> torch.Tensor | None:
+        """``r_adv`` from step 1's prediction: ``eps * normalize(grad_x rare_direction_loss(pred))``, or ``None``.
+
+        ``None`` (the adversarial step then runs the probe) when ``x`` is not a float leaf requiring grad, or under
+        AMP when the gradient is not finite (as the probe, which then recomputes it without autocast).
+        """
+        cfg = self.adversarial
+        assert cfg is not None
+        if not x.requires_grad:
+            return None
+        value = rare_direction_loss(pred, x, _as_plain(y), cfg.rare_classes, dice=cfg.dice)
+        (grad,) = torch.autograd.grad(value, x, retain_graph=True)
+        if engine.amp and not bool(torch.isfinite(grad).all()):
+            return None
+        return perturbation_from_gradient(grad, cfg.eps, x.dtype)
+
+    def _step_with_direction(self, engine: SupervisedTrainer, batchdata: Any) -> dict:
+        """``SupervisedTrainer._iteration`` (MONAI 1.6, ``accumulation_steps=1``) that also keeps ``r_adv``.
+
+        The same ``prepare_batch``, ``compile`` MetaTensor workaround, events, ``optim_set_to_none``, AMP/GradScaler
+        calls and output keys; the network's input is ``inputs.detach().requires_grad_(True)`` (same values; the
+        output keeps ``inputs``), and ``r_adv`` is taken from the prediction between ``LOSS_COMPLETED`` and the
+        backward pass (:meth:`_direction_from_step`), into ``self._reused_r_adv``.
+        """
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        if len(batch) == 2:
+            inputs, targets = batch
+            args: tuple = ()
+            kwargs: dict = {}
+        else:
+            inputs, targets, args, kwargs = batch
+        # as SupervisedTrainer: workaround for https://github.com/pytorch/pytorch/issues/117026
+        inputs_meta, targets_meta, inputs_applied_operations, targets_applied_operations = None, None, None, None
+        if engine.compile:
+            if isinstance(inputs, MetaTensor):
+                warnings.warn(
+                    "Will convert to PyTorch Tensor if using compile, and casting back to MetaTensor after the "
+                    "forward pass.",
+                    stacklevel=2,
+                )
+                inputs, inputs_meta, inputs_applied_operations = (
+                    inputs.as_tensor(),
+                    inputs.meta,
+                    inputs.applied_operations,
+                )
+            if isinstance(targets, MetaTensor):
+                targets, targets_meta, targets_applied_operations = (
+                    targets.as_tensor(),
+                    targets.meta,
+                    targets.applied_operations,
+                )
+
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        net_input = inputs
+        if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+            net_input = inputs.detach().requires_grad_(True)
+
+        def _compute_pred_loss() -> Any:
+            pred = engine.inferer(net_input, engine.network, *args, **kwargs)
+            engine.state.output[Keys.PRED] = pred
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            engine.state.output[Keys.LOSS] = engine.loss_function(engine.state.output[Keys.PRED], targets).mean()
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            return pred
+
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if engine.amp and engine.scaler is not None:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                pred = _compute_pred_loss()
+            self._reused_r_adv = self._direction_from_step(engine, pred, net_input, targets)
+            engine.scaler.scale(engine.state.output[Keys.LOSS]).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            pred = _compute_pred_loss()
+            self._reused_r_adv = self._direction_from_step(engine, pred, net_input, targets)
+            engine.state.output[Keys.LOSS].backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        if inputs_meta is not None:
+            engine.state.output[Keys.IMAGE] = MetaTensor(
+                inputs, meta=inputs_meta, applied_operations=inputs_applied_operations
+            )
+            engine.state.output[Keys.PRED] = MetaTensor(
+                engine.state.output[Keys.PRED], meta=inputs_meta, applied_operations=inputs_applied_operations
+            )
+        if targets_meta is not None:
+            engine.state.output[Keys.LABEL] = MetaTensor(
+                targets, meta=targets_meta, applied_operations=targets_applied_operations
+            )
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> Any:
         """Step 1 (``SupervisedTrainer._iteration``), then the enabled extra steps; returns ``engine.state.output``.
 
@@ -332,15 +492,20 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         if self.adversarial is None and self.mixup is None:
             return super()._iteration(engine, batchdata)
         self._step_batch = None
-        super()._iteration(engine, batchdata)
+        self._reused_r_adv = None
         extra: dict[str, Any] = {}
         try:
+            if self.adversarial is not None and self.adversarial.reuses_forward:
+                self._step_with_direction(engine, batchdata)
+            else:
+                super()._iteration(engine, batchdata)
             if self.adversarial is not None:
                 extra.update(self._adversarial_step(self, batchdata))
             if self.mixup is not None:
                 extra.update(self._mixup_step(self, batchdata))
         finally:
             self._step_batch = None
+            self._reused_r_adv = None
         output = engine.state.output
         if isinstance(output, list):  # decollated: scalars as Python numbers, as ``Decollated(detach=True)`` gives
             extra = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
