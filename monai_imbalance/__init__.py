@@ -11,7 +11,10 @@ Subpackages (each re-exports its public names):
 - :mod:`monai_imbalance.transforms`: a class-balanced crop that records each patch's centre class, and
   class-conditional augmentation.
 - :mod:`monai_imbalance.evaluation`: per-case, per-class DSC / sensitivity / precision / HD95 tables.
-- :mod:`monai_imbalance.handlers`: ignite handlers (evaluation report, atomic checkpoints, resume).
+- :mod:`monai_imbalance.handlers`: ignite handlers (evaluation report, atomic checkpoints, resume, logit-margin
+  distributions).
+- :mod:`monai_imbalance.visualize`: plots (logit-margin histograms).
+- :mod:`monai_imbalance.inspect`: ``python -m monai_imbalance.inspect logits``: logit distributions of a trained model.
 - :mod:`monai_imbalance.experiments`: the (variant x training fraction) comparison table.
 """
 

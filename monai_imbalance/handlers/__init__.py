@@ -1,16 +1,30 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
-"""Ignite handlers for MONAI engines: atomic checkpoints and resume, evaluation reports."""
+"""Ignite handlers for MONAI engines: atomic checkpoints and resume, evaluation reports, logit distributions."""
 
 from __future__ import annotations
 
 from .checkpoint import BestModelSaver, LatestCheckpointSaver, ResumeFromLatestCheckpoint, atomic_torch_save
+from .logit_distribution import (
+    LogitDistributionHandler,
+    LogitMarginSampler,
+    format_margin_summary,
+    logit_margins,
+    summarize_margins,
+    write_margin_report,
+)
 from .segmentation_report import SegmentationReportHandler
 
 __all__ = [
     "BestModelSaver",
     "LatestCheckpointSaver",
+    "LogitDistributionHandler",
+    "LogitMarginSampler",
     "ResumeFromLatestCheckpoint",
     "SegmentationReportHandler",
     "atomic_torch_save",
+    "format_margin_summary",
+    "logit_margins",
+    "summarize_margins",
+    "write_margin_report",
 ]
