@@ -1,0 +1,31 @@
+"""Bundle tooling: offline Model Zoo checks (``python -m monai_imbalance.bundle verify bundles/<name>``)."""
+
+from __future__ import annotations
+
+from .verify import (
+    CHECKS,
+    SCHEMA_PATH,
+    CheckResult,
+    VerificationError,
+    check_configs,
+    check_metadata,
+    check_net_in_out,
+    check_torchscript,
+    config_combinations,
+    instantiate_ids,
+    verify_bundle,
+)
+
+__all__ = [
+    "CHECKS",
+    "SCHEMA_PATH",
+    "CheckResult",
+    "VerificationError",
+    "check_configs",
+    "check_metadata",
+    "check_net_in_out",
+    "check_torchscript",
+    "config_combinations",
+    "instantiate_ids",
+    "verify_bundle",
+]
