@@ -30,7 +30,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from monai_imbalance.evaluation.metrics import METRIC_NAMES, ArrayLike, SpacingLike, segmentation_case_metrics
+from monai_imbalance.utils import atomic_write_text
 
 __all__ = ["SegmentationReport", "CASE_COLUMNS", "SUMMARY_COLUMNS", "MARKDOWN_HEADERS"]
 
@@ -259,9 +259,9 @@ class SegmentationReport:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         markdown = self.to_markdown()
-        _atomic_write(folder / CASES_FILE, _csv_text(CASE_COLUMNS, self._rows))
-        _atomic_write(folder / SUMMARY_CSV_FILE, _csv_text(SUMMARY_COLUMNS, self.summary()))
-        _atomic_write(folder / SUMMARY_MD_FILE, markdown)
+        atomic_write_text(_csv_text(CASE_COLUMNS, self._rows), folder / CASES_FILE)
+        atomic_write_text(_csv_text(SUMMARY_COLUMNS, self.summary()), folder / SUMMARY_CSV_FILE)
+        atomic_write_text(markdown, folder / SUMMARY_MD_FILE)
         return markdown
 
     def _classes(self) -> range:
@@ -302,19 +302,3 @@ def _csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then move it into place with :func:`os.replace`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0o600; give the usual permissions of a written file
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

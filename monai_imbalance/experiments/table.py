@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_imbalance.utils import atomic_open, atomic_write_text
+
 __all__ = ["VANILLA", "METRICS", "cell_dir", "run_cell", "run_table", "format_table", "write_results"]
 
 #: The name of the unmodified ``train.json`` in ``--variants``.
@@ -43,12 +45,6 @@ METRICS: tuple[tuple[str, str, bool], ...] = (
     ("precision", "PRC", True),
     ("hd95", "HD95", False),
 )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def cell_dir(out: str | os.PathLike, variant: str, fraction: float) -> Path:
@@ -154,7 +150,7 @@ def run_cell(
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(eval_seconds, 1),
     }
-    _write_atomic(result_file, json.dumps(result, indent=4) + "\n")
+    atomic_write_text(json.dumps(result, indent=4) + "\n", result_file)
     return result
 
 
@@ -200,14 +196,12 @@ def write_results(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     columns = list(results[0]) if results else ["variant", "fraction"]
-    tmp = out / f".results.csv.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(results)
-    os.replace(tmp, out / "results.csv")
     table = format_table(results, variants, fractions)
-    _write_atomic(out / "results.md", table)
+    atomic_write_text(table, out / "results.md")
     return table
 
 

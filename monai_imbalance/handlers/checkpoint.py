@@ -30,6 +30,8 @@ import torch
 from monai.handlers import CheckpointLoader
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_imbalance.utils import atomic_open
+
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
 else:
@@ -51,19 +53,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     Returns:
         the destination path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def _state_dicts(objects: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_imbalance.utils import atomic_write_bytes
+
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
 else:
@@ -310,21 +312,6 @@ def format_margin_summary(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write_bytes(data: bytes, path: Path) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "class"
 
@@ -379,11 +366,9 @@ def write_margin_report(
         }
         buffer = io.BytesIO()
         np.savez_compressed(buffer, class_names=np.asarray(names), splits=np.asarray(list(samples)), **arrays)
-        _atomic_write_bytes(buffer.getvalue(), out / f"{tag}.npz")
+        atomic_write_bytes(buffer.getvalue(), out / f"{tag}.npz")
         files.append(str(out / f"{tag}.npz"))
-        _atomic_write_bytes(
-            json.dumps({k: summary[k] for k in summary}, indent=2).encode(), out / f"{tag}_summary.json"
-        )
+        atomic_write_bytes(json.dumps({k: summary[k] for k in summary}, indent=2).encode(), out / f"{tag}_summary.json")
         files.append(str(out / f"{tag}_summary.json"))
     if summary_writer is not None:
         for s in samples:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from monai_imbalance.utils import atomic_open
+
 __all__ = ["plot_margin_histograms", "save_figure"]
 
 _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
@@ -90,17 +92,9 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
     """
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             fig.savefig(f, format="png", dpi=dpi)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)

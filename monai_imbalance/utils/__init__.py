@@ -1,0 +1,9 @@
+# Copyright (c) monai-imbalance contributors
+# Licensed under the Apache License, Version 2.0 (the "License").
+"""Small shared utilities."""
+
+from __future__ import annotations
+
+from .atomic import atomic_open, atomic_write_bytes, atomic_write_text
+
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text"]
