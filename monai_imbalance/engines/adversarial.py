@@ -43,7 +43,9 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .mixup import _as_plain, validate_label_map, validate_rare_classes
+from monai_imbalance.utils import check_rare_classes
+
+from .mixup import _as_plain, validate_label_map
 
 __all__ = ["adversarial_perturbation", "normalize_per_sample", "perturbation_from_gradient", "rare_direction_loss"]
 
@@ -164,7 +166,7 @@ def rare_direction_loss(
     """
     logits = _logits_of(out, x)
     num_classes = int(logits.shape[1])
-    rare = validate_rare_classes(rare_classes, num_classes)
+    rare = check_rare_classes(rare_classes, num_classes)
     labels = validate_label_map(y, num_classes).to(logits.device)
     if rare is None:
         voxel_mask = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
@@ -238,7 +240,7 @@ def adversarial_perturbation(
             f"x must be (B, C_in, *spatial) and y (B, 1, *spatial) with the same B and spatial shape, got x "
             f"{tuple(x.shape)} and y {tuple(y.shape)}."
         )
-    rare = validate_rare_classes(rare_classes)
+    rare = check_rare_classes(rare_classes)
     net = _unwrap(network)
     x0 = _as_plain(x).detach()
     dtype = x0.dtype if x0.dtype in (torch.float32, torch.float64) else torch.float32

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 
 import torch
 
+from monai_imbalance.utils import check_rare_classes
+
 __all__ = ["mixup_labels", "sample_mixup_lambda", "mixup_images", "mixup_batch"]
 
 
@@ -35,42 +37,6 @@ def _as_plain(t: torch.Tensor) -> torch.Tensor:
     """Drop a MONAI ``MetaTensor`` wrapper (its metadata is meaningless for mixed or perturbed tensors)."""
     as_tensor = getattr(t, "as_tensor", None)
     return as_tensor() if callable(as_tensor) else t
-
-
-def validate_rare_classes(rare_classes: Sequence[int] | None, num_classes: int | None = None) -> tuple[int, ...] | None:
-    """Check a rare-class list: ``None`` (symmetric) or a non-empty sequence of class indices in ``[0, num_classes)``.
-
-    Args:
-        rare_classes: the rare classes, or ``None`` for the symmetric version.
-        num_classes: the number of classes ``C``; when ``None`` only the type and sign are checked.
-
-    Returns:
-        the rare classes as a sorted tuple of unique ints, or ``None``.
-
-    Raises:
-        ValueError: an empty list, a non-integer entry, or an index outside ``[0, num_classes)``.
-    """
-    if rare_classes is None:
-        return None
-    if isinstance(rare_classes, (int, torch.Tensor)) and not isinstance(rare_classes, bool):
-        rare_classes = torch.as_tensor(rare_classes).reshape(-1).tolist()
-    if isinstance(rare_classes, (str, bytes)) or not isinstance(rare_classes, Sequence):
-        raise ValueError(
-            f"rare_classes must be None or a sequence of class indices, got rare_classes={rare_classes!r}."
-        )
-    if len(rare_classes) == 0:
-        raise ValueError("rare_classes=[] names no class; use None for the symmetric version.")
-    out = []
-    for c in rare_classes:
-        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 0:
-            raise ValueError(f"rare_classes must hold non-negative class indices, got rare_classes={rare_classes!r}.")
-        if num_classes is not None and c >= num_classes:
-            raise ValueError(
-                f"rare_classes={list(rare_classes)!r} holds class {c}, out of range for {num_classes} classes "
-                f"(valid indices 0..{num_classes - 1})."
-            )
-        out.append(int(c))
-    return tuple(sorted(set(out)))
 
 
 def validate_label_map(y: torch.Tensor, num_classes: int, name: str = "y") -> torch.Tensor:
@@ -161,7 +127,7 @@ def mixup_labels(
         raise ValueError(f"num_classes must be a positive int, got num_classes={num_classes!r}.")
     if tuple(y_a.shape) != tuple(y_b.shape):
         raise ValueError(f"y_a and y_b must have the same shape, got {tuple(y_a.shape)} and {tuple(y_b.shape)}.")
-    rare = validate_rare_classes(rare_classes, num_classes)
+    rare = check_rare_classes(rare_classes, num_classes)
     ya = validate_label_map(y_a, num_classes, "y_a")
     yb = validate_label_map(y_b, num_classes, "y_b").to(ya.device)
 

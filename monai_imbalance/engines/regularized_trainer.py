@@ -80,6 +80,8 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
+from monai_imbalance.utils import check_rare_classes
+
 from .adversarial import (
     DEFAULT_EPS,
     DEFAULT_XI,
@@ -88,7 +90,7 @@ from .adversarial import (
     perturbation_from_gradient,
     rare_direction_loss,
 )
-from .mixup import _as_plain, mixup_images, mixup_labels, sample_mixup_lambda, validate_rare_classes
+from .mixup import _as_plain, mixup_images, mixup_labels, sample_mixup_lambda
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -161,7 +163,7 @@ class AdversarialConfig:
         return cls(
             eps=_non_negative("eps", config.get("eps", DEFAULT_EPS)),
             xi=_non_negative("xi", config.get("xi", DEFAULT_XI)),
-            rare_classes=validate_rare_classes(config.get("rare_classes")),
+            rare_classes=check_rare_classes(config.get("rare_classes")),
             raw=bool(config.get("raw", False)),
             dice=bool(config.get("dice", False)),
             distribution=distribution,
@@ -200,7 +202,7 @@ class MixupConfig:
         return cls(
             alpha=_non_negative("alpha", config.get("alpha", 0.2), strict=True),
             margin=margin,
-            rare_classes=validate_rare_classes(config.get("rare_classes")),
+            rare_classes=check_rare_classes(config.get("rare_classes")),
             raw=bool(config.get("raw", False)),
             loss_function=config.get("loss_function"),
         )

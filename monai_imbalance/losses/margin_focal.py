@@ -132,7 +132,7 @@ class MarginFocalLoss(_Loss):
         self.lambda_dice = check_nonnegative(lambda_dice, "lambda_dice", name)
         self.smooth = check_nonnegative(smooth, "smooth", name)
         self.log_eps = check_nonnegative(log_eps, "log_eps", name)
-        self.rare_classes = check_rare_classes(rare_classes, name)
+        self.rare_classes = check_rare_classes(rare_classes, name=name)
         if self.reduction == LossReduction.NONE.value and self.lambda_dice > 0:
             raise ValueError(
                 f"{name}: reduction='none' returns the per-voxel cross-entropy and cannot hold the Dice term "

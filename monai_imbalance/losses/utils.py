@@ -8,12 +8,12 @@ Every check raises ``ValueError`` naming the loss, the argument and the offendin
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Sequence
 
 import torch
 from monai.networks.utils import one_hot
 from monai.utils import LossReduction
+
+from monai_imbalance.utils import check_rare_classes
 
 __all__ = [
     "check_input",
@@ -106,37 +106,6 @@ def prepare_mask(input: torch.Tensor, mask: torch.Tensor | None, name: str) -> t
             f"expected {tuple(expected)}."
         )
     return (mask != 0).to(dtype=input.dtype)
-
-
-def check_rare_classes(rare_classes: int | Sequence[int] | None, name: str) -> tuple[int, ...] | None:
-    """Normalise ``rare_classes`` (``None``: symmetric) to a sorted tuple of distinct non-negative ints."""
-    if rare_classes is None:
-        return None
-    if isinstance(rare_classes, bool):
-        raise ValueError(f"{name}: rare_classes must be None or class indices, got {rare_classes!r}.")
-    if isinstance(rare_classes, int):
-        rare_classes = (rare_classes,)
-    if isinstance(rare_classes, torch.Tensor):
-        rare_classes = rare_classes.flatten().tolist()
-    values = tuple(rare_classes)
-    if not values:
-        raise ValueError(
-            f"{name}: rare_classes={rare_classes!r} is empty; use None for the symmetric loss or name the rare classes."
-        )
-    out = []
-    for c in values:
-        try:
-            if isinstance(c, bool):
-                raise TypeError
-            c = operator.index(c)
-        except TypeError:
-            raise ValueError(
-                f"{name}: rare_classes must hold integer class indices, got {c!r} in {rare_classes!r}."
-            ) from None
-        if c < 0:
-            raise ValueError(f"{name}: rare_classes holds a negative class index {c} ({rare_classes!r}).")
-        out.append(c)
-    return tuple(sorted(set(out)))
 
 
 def check_nonnegative(value: float, what: str, name: str) -> float:

@@ -47,6 +47,8 @@ from monai.transforms import (
 from monai.transforms.utils import correct_crop_centers, map_classes_to_indices, unravel_index
 from monai.utils import MAX_SEED
 
+from monai_imbalance.utils import check_rare_classes
+
 __all__ = ["RandCropByLabelClassesWithCentreClassd", "ClassConditionalAugmentd", "DEFAULT_CLASS_KEY"]
 
 #: The sample-dict key under which the crop records the class each patch's centre was sampled for.
@@ -326,7 +328,9 @@ class ClassConditionalAugmentd(RandomizableTransform, MapTransform):
             raise ValueError(f"transform must be a callable or a list of callables, got {transform!r}.")
         self.prob_background = prob
         self.class_key = class_key
-        self.rare_classes: frozenset[int] | None = None if rare_classes is None else _parse_rare(rare_classes)
+        self.rare_classes: frozenset[int] | None = (
+            None if rare_classes is None else frozenset(check_rare_classes(rare_classes))
+        )
 
     def is_rare(self, patch_class: int) -> bool:
         """Whether a patch of this centre class is always augmented."""
@@ -382,11 +386,3 @@ class ClassConditionalAugmentd(RandomizableTransform, MapTransform):
         if not self._do_transform:
             return d
         return apply_transform(self.transform, d)
-
-
-def _parse_rare(rare_classes: int | Iterable[int]) -> frozenset[int]:
-    values = [rare_classes] if isinstance(rare_classes, (int, np.integer)) else list(rare_classes)
-    for v in values:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"rare_classes must be non-negative integer class indices, got {rare_classes!r}.")
-    return frozenset(int(v) for v in values)
