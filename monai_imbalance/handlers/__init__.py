@@ -1,10 +1,12 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
-"""Ignite handlers for MONAI engines: atomic checkpoints and resume, evaluation reports, logit distributions."""
+"""Ignite handlers for MONAI engines: atomic checkpoints and resume, evaluation reports, logit distributions,
+context-label montages."""
 
 from __future__ import annotations
 
 from .checkpoint import BestModelSaver, LatestCheckpointSaver, ResumeFromLatestCheckpoint, atomic_torch_save
+from .context_montage import ContextLabelMontageHandler
 from .logit_distribution import (
     LogitDistributionHandler,
     LogitMarginSampler,
@@ -17,6 +19,7 @@ from .segmentation_report import SegmentationReportHandler
 
 __all__ = [
     "BestModelSaver",
+    "ContextLabelMontageHandler",
     "LatestCheckpointSaver",
     "LogitDistributionHandler",
     "LogitMarginSampler",

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from .context_montage import montage_slices, plot_context_montage
 from .logit_plots import plot_margin_histograms, save_figure
 
-__all__ = ["plot_margin_histograms", "save_figure"]
+__all__ = ["montage_slices", "plot_context_montage", "plot_margin_histograms", "save_figure"]

@@ -1,0 +1,162 @@
+# Copyright (c) monai-imbalance contributors
+# Licensed under the Apache License, Version 2.0 (the "License").
+"""An ignite handler that draws the CoLab generator's context labels on one validation case every N epochs.
+
+Li, Kamnitsas, Ouyang, Chen, Glocker, "Context Label Learning: Improving Background Class Representations in Semantic
+Segmentation", IEEE TMI 2023: the generator's output is the thing to look at while CoLab trains (does it split the
+background into anatomically sensible context classes around the region of interest?). The handler runs the
+generator over the whole case by sliding windows of the training patch size (the generator is fully convolutional,
+but a whole volume need not match its strides), takes the argmax over the ``t`` context channels and writes
+:func:`~monai_imbalance.visualize.plot_context_montage` as ``context_labels_epoch<NNNN>.png`` (and as a TensorBoard
+image when ``log_dir`` or ``summary_writer`` is given). The generator's train/eval mode is restored afterwards and no
+gradient is recorded, so training is unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.utils import IgniteInfo, min_version, optional_import
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine, Events
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+    Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+
+__all__ = ["ContextLabelMontageHandler"]
+
+logger = logging.getLogger(__name__)
+
+
+def _plain(x: Any) -> torch.Tensor:
+    x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+    return x.detach()
+
+
+class ContextLabelMontageHandler:
+    """Write a montage of the generated context labels on one case every ``interval`` epochs (and the last epoch).
+
+    Args:
+        generator: the context generator ``g_phi`` (input ``(1, C_in, *patch)``, output ``(1, t, *patch)``).
+        dataset: a dataset whose item ``index`` is a dict with ``image`` ``(C_in, H, W, D)`` and ``label``
+            ``(1, H, W, D)`` (e.g. the validation dataset); read on first use.
+        num_classes: ``C`` (background included).
+        output_dir: folder of the PNG files.
+        roi_size: sliding-window size (the training patch size).
+        interval: epochs between montages.
+        index: which item of ``dataset`` to draw.
+        log_dir: folder of a TensorBoard ``SummaryWriter`` created on first use.
+        summary_writer: an existing writer (wins over ``log_dir``).
+        device: where to run the generator (default: the device of its parameters).
+        image_key: key of the image in the dataset item.
+        label_key: key of the label in the dataset item.
+    """
+
+    def __init__(
+        self,
+        generator: torch.nn.Module,
+        dataset: Sequence[Mapping[str, Any]],
+        num_classes: int,
+        output_dir: str | os.PathLike,
+        roi_size: Sequence[int],
+        interval: int = 5,
+        index: int = 0,
+        log_dir: str | os.PathLike | None = None,
+        summary_writer: Any | None = None,
+        device: str | torch.device | None = None,
+        image_key: str = "image",
+        label_key: str = "label",
+    ) -> None:
+        if int(interval) < 1:
+            raise ValueError(f"interval must be >= 1, got interval={interval!r}.")
+        if len(dataset) == 0:
+            raise ValueError("ContextLabelMontageHandler: the dataset is empty; give it the validation dataset.")
+        if not 0 <= int(index) < len(dataset):
+            raise ValueError(f"index={index!r} is out of range for a dataset of {len(dataset)} items.")
+        self.generator = generator
+        self.dataset = dataset
+        self.num_classes = int(num_classes)
+        self.output_dir = Path(output_dir)
+        self.roi_size = list(roi_size)
+        self.interval = int(interval)
+        self.index = int(index)
+        self.log_dir = log_dir
+        self.summary_writer = summary_writer
+        self.device = device
+        self.image_key = image_key
+        self.label_key = label_key
+        self.last_path: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Draw at the end of every ``interval``-th epoch and of the last epoch of ``engine``."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _case(self) -> tuple[torch.Tensor, torch.Tensor]:
+        item = self.dataset[self.index]
+        if isinstance(item, list):  # a dataset with num_samples > 1 returns a list of dicts
+            item = item[0]
+        for key in (self.image_key, self.label_key):
+            if key not in item:
+                raise KeyError(f"ContextLabelMontageHandler: dataset item {self.index} has no '{key}' key.")
+        return _plain(item[self.image_key]).float(), _plain(item[self.label_key])
+
+    @torch.no_grad()
+    def context_map(self, image: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The hard context map ``argmax_t g_phi(x)`` of a whole image ``(C_in, *spatial)``.
+
+        Returns:
+            the map ``(*spatial)`` (long, on the CPU) and ``t``, the generator's number of output channels.
+        """
+        device = self.device
+        if device is None:
+            device = next(self.generator.parameters()).device
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            logits = sliding_window_inference(
+                image[None].to(device), self.roi_size, 2, self.generator, overlap=0.25, mode="constant"
+            )
+        finally:
+            self.generator.train(was_training)
+        logits = _plain(logits)[0]
+        return logits.argmax(0).cpu(), int(logits.shape[0])
+
+    def __call__(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        if epoch % self.interval != 0 and epoch != engine.state.max_epochs:
+            return
+        from monai_imbalance.visualize import plot_context_montage, save_figure
+
+        image, label = self._case()
+        context, num_context = self.context_map(image)
+        fig = plot_context_montage(
+            image[0].numpy(),
+            label.reshape(label.shape[-3:]).numpy(),
+            context.numpy(),
+            num_classes=self.num_classes,
+            num_context=num_context,
+            title=f"epoch {epoch}",
+        )
+        writer = self._writer()
+        if writer is not None:
+            fig.canvas.draw()
+            rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+            writer.add_image("context_labels", rgb, epoch, dataformats="HWC")
+            writer.flush()
+        self.last_path = save_figure(fig, self.output_dir / f"context_labels_epoch{epoch:04d}.png")
+        logger.info("context labels of epoch %d written to %s", epoch, self.last_path)
+
+    def _writer(self) -> Any | None:
+        if self.summary_writer is None and self.log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.summary_writer = SummaryWriter(log_dir=str(self.log_dir))
+        return self.summary_writer
