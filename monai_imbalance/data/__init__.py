@@ -1,6 +1,6 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
-"""Data: MSD datalists with training fractions, input validation, synthetic phantoms, the built-in dataset.
+"""Data: MSD datalists with training fractions, input validation, synthetic phantoms, the built-in dataset, shifts.
 
 The built-in dataset is built by ``python -m monai_imbalance.data prepare`` (:func:`prepare_dataset`, see
 :mod:`monai_imbalance.data.builtin` for what it is and :mod:`monai_imbalance.data.sources` for where it comes from).
@@ -18,6 +18,7 @@ from .datalist import (
     training_subset,
 )
 from .phantoms import make_phantom_case, make_phantom_dataset
+from .shifts import RANDOM_SHIFTS, SHIFT_SEVERITIES, SHIFTS, SimulateDomainShiftd, apply_shift, shift_parameters
 from .sources import ChecksumError, SourceError, default_cache_dir
 from .validation import (
     DataValidationError,
@@ -28,6 +29,9 @@ from .validation import (
 )
 
 __all__ = [
+    "RANDOM_SHIFTS",
+    "SHIFTS",
+    "SHIFT_SEVERITIES",
     "SPLITS",
     "TASKS",
     "ChecksumError",
@@ -37,7 +41,9 @@ __all__ = [
     "prepare_dataset",
     "synthesize_case",
     "DataValidationError",
+    "SimulateDomainShiftd",
     "ValidateSegmentationPaird",
+    "apply_shift",
     "check_datalist_files",
     "holdout_split",
     "load_datalist",
@@ -47,5 +53,6 @@ __all__ = [
     "make_phantom_dataset",
     "parse_labels",
     "read_dataset_json",
+    "shift_parameters",
     "training_subset",
 ]
