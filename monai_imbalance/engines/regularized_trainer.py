@@ -79,6 +79,7 @@ from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
+from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_imbalance.utils import check_rare_classes
 
@@ -90,11 +91,16 @@ from .adversarial import (
     perturbation_from_gradient,
     rare_direction_loss,
 )
+from .context_labels import ContextLabelLearner, ContextTargetLoss
 from .mixup import _as_plain, mixup_images, mixup_labels, sample_mixup_lambda
 
 if TYPE_CHECKING:
+    from ignite.engine import Events
     from torch.optim import Optimizer
     from torch.utils.data import DataLoader
+
+if not TYPE_CHECKING:
+    Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
 __all__ = ["RegularisedSupervisedTrainer", "AdversarialConfig", "MixupConfig"]
 
@@ -257,8 +263,20 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         extra_loss_function: Callable | None = None,
         raw_image_key: str = "image_raw",
         raw_label_key: str = "label_raw",
+        context_labels: Mapping[str, Any] | ContextLabelLearner | None = None,
         **kwargs: Any,
     ) -> None:
+        if context_labels is not None and not isinstance(context_labels, ContextLabelLearner):
+            context_labels = ContextLabelLearner.from_mapping(context_labels)
+        if context_labels is not None and (adversarial is not None or mixup is not None):
+            raise ValueError(
+                "context_labels cannot be combined with adversarial/mixup steps yet (their targets are hard labels)."
+            )
+        if context_labels is not None and kwargs.get("iteration_update") is not None:
+            raise ValueError("a custom iteration_update replaces this trainer's iteration: no context step would run.")
+        if context_labels is not None:
+            context_labels.check_segmenter(network)
+            loss_function = ContextTargetLoss(loss_function, context_labels)
         if adversarial is not None and not isinstance(adversarial, AdversarialConfig):
             adversarial = AdversarialConfig.from_mapping(adversarial)
         if mixup is not None and not isinstance(mixup, MixupConfig):
@@ -285,8 +303,11 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         self.extra_loss_function = loss_function if extra_loss_function is None else extra_loss_function
         self.raw_image_key = raw_image_key
         self.raw_label_key = raw_label_key
+        self.context_labels: ContextLabelLearner | None = context_labels
         self._step_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._reused_r_adv: torch.Tensor | None = None
+        if context_labels is not None:
+            self.add_event_handler(Events.STARTED, lambda _: context_labels.broadcast_generator())
         if extras:
             self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._keep_step_batch)
 
@@ -491,6 +512,8 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
             ``engine.state.output`` of step 1 (decollated when ``decollate=True``), each item updated with the extra
             losses (and ``mixup_lambda``): detached 0-d tensors, or Python floats when decollated (as ``loss``).
         """
+        if self.context_labels is not None:
+            return self._merge_extra(engine, self._context_iteration(engine, batchdata))
         if self.adversarial is None and self.mixup is None:
             return super()._iteration(engine, batchdata)
         self._step_batch = None
@@ -508,6 +531,40 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         finally:
             self._step_batch = None
             self._reused_r_adv = None
+        return self._merge_extra(engine, extra)
+
+    def _context_iteration(self, engine: SupervisedTrainer, batchdata: Any) -> dict[str, Any]:
+        """The CoLab meta step (every ``meta_interval`` iterations), then step 1 on the context target.
+
+        Returns:
+            the meta step's ``meta_loss`` and ``meta_skipped`` (empty when it did not run).
+        """
+        learner = self.context_labels
+        assert learner is not None and isinstance(engine.loss_function, ContextTargetLoss)
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        image, label = _as_plain(batch[0]), _as_plain(batch[1])
+        mask = learner.mask(batchdata, image.device)
+        extra: dict[str, Any] = {}
+        if learner.is_meta_iteration(engine.state.iteration):
+            extra.update(
+                learner.meta_step(
+                    engine.network, engine.loss_function.loss_function, engine.optimizer, image, label, mask
+                )
+            )
+        with torch.no_grad():
+            engine.loss_function.probabilities = learner.probabilities(image, batchdata)
+        engine.loss_function.mask = mask
+        try:
+            super()._iteration(engine, batchdata)
+        finally:
+            engine.loss_function.probabilities = None
+            engine.loss_function.mask = None
+        return extra
+
+    def _merge_extra(self, engine: SupervisedTrainer, extra: dict[str, Any]) -> Any:
+        """Add the extra steps' values to every item of ``engine.state.output`` and return it."""
         output = engine.state.output
         if isinstance(output, list):  # decollated: scalars as Python numbers, as ``Decollated(detach=True)`` gives
             extra = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in extra.items()}

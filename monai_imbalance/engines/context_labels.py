@@ -1,0 +1,329 @@
+# Copyright (c) monai-imbalance contributors
+# Licensed under the Apache License, Version 2.0 (the "License").
+"""Context label learning (CoLab) in the trainer: context targets for the normal step and the generator's meta step.
+
+Li, Kamnitsas, Ouyang, Chen, Glocker, "Context Label Learning: Improving Background Class Representations in Semantic
+Segmentation", IEEE TMI 2023 (methods.md 2.2-2.5). The segmenter ``f_theta`` has ``K = C + t - 1`` output channels
+``[ctx_0, FG_1 .. FG_{C-1}, ctx_1 .. ctx_{t-1}]``; its training target splits the background into ``t`` context
+classes. Where the split comes from:
+
+- ``generator`` (CoLab): ``q = softmax(g_phi(x))``, a network trained by meta-learning. Every ``meta_interval``
+  iterations, before the normal step, :class:`ContextLabelLearner` takes the one-step look-ahead hypergradient
+  (:func:`~monai_imbalance.engines.lookahead_hypergradient`): a virtual SGD step of the segmenter on the context
+  target (learning rate: the segmenter's current one), the foreground BCE of the updated segmenter on the same batch
+  (methods.md 2.4: the "validation" data is the training batch itself), and its gradient back to ``phi``; the
+  generator's own optimizer (Adam, 3e-4, poly 0.9 in the bundle) steps on it. A zero or non-finite gradient skips the
+  update and is logged (and counted in :attr:`ContextLabelLearner.skipped`).
+- ``context_key`` (baselines, methods.md 2.7): a hard context map ``(B, 1, *spatial)`` with values ``0..t-1`` that
+  the data pipeline put in the batch (k-means of background intensities, dilated rings of the foreground, or a human
+  anatomy mask); it is one-hot encoded.
+- neither, with ``num_context = 1``: the target is the one-hot label, plain training (the ``vanilla`` variant).
+
+The normal step then trains on :func:`~monai_imbalance.losses.compose_context_target` of the (detached) context
+probabilities, the label and, with ``mask_key``, the distance restriction ``M`` (far background becomes hard context
+0). It is exactly ``SupervisedTrainer``'s step with the loss ``loss(pred, target(label))``: the trainer wraps the loss
+in :class:`ContextTargetLoss`, so the engine's output keeps the original label (metrics, the logit handler and the
+postprocessing see the usual ``C`` classes).
+
+Under DDP the generator is not wrapped: its hypergradient is averaged over the ranks with ``all_reduce`` before the
+generator's optimizer steps, and its parameters are broadcast from rank 0 when training starts, so every rank holds
+identical generator parameters throughout. The meta step runs in float32 (no autocast) on the segmenter's module.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from monai_imbalance.losses import compose_context_target, context_foreground_bce
+from monai_imbalance.networks import check_context_networks
+
+from .lookahead import apply_hypergradient, functional_forward, lookahead_hypergradient
+
+__all__ = ["ContextLabelLearner", "ContextTargetLoss", "highest_resolution"]
+
+logger = logging.getLogger(__name__)
+
+_ALLOWED = (
+    "num_classes",
+    "num_context",
+    "generator",
+    "optimizer",
+    "lr_scheduler",
+    "meta_interval",
+    "mask_key",
+    "context_key",
+    "method",
+    "r",
+    "meta_lr",
+)
+
+
+def highest_resolution(pred: Any) -> torch.Tensor:
+    """The full-resolution logits ``(B, K, *spatial)`` of a segmenter output.
+
+    DynUNet with deep supervision returns ``(B, 1 + deep_supr_num, K, *spatial)`` in training mode; a list or tuple of
+    heads is also accepted (the first is the full resolution). Plain ``(B, K, *spatial)`` passes through.
+    """
+    if isinstance(pred, (list, tuple)):
+        return pred[0]
+    return pred
+
+
+def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (functional calls bypass the wrapper)."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return network.module if isinstance(network, wrappers) else network
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ValueError(f"context_labels {name} must be an integer >= {minimum}, got {name}={value!r}.")
+    return int(value)
+
+
+def _optional_key(name: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"context_labels {name} must be a batch key (str) or null, got {name}={value!r}.")
+    return value
+
+
+@dataclass
+class ContextLabelLearner:
+    """Settings and state of context-label training (see the module docstring).
+
+    Attributes:
+        num_classes: ``C``, classes of the labels (background included).
+        num_context: ``t >= 1`` context classes; the segmenter must have ``C + t - 1`` output channels.
+        generator: the context generator ``g_phi`` (``t`` output channels); ``None`` for the baselines.
+        optimizer: the generator's optimizer (required with a generator).
+        lr_scheduler: the generator's scheduler, stepped once per meta step (optional).
+        meta_interval: iterations between meta steps (methods.md 2.5: 5); the meta step runs when
+            ``iteration % meta_interval == 0`` (ignite counts iterations from 1).
+        mask_key: batch key of the distance-restriction mask ``M`` ``(B, 1, *spatial)`` (``None``: ``M = 1``).
+        context_key: batch key of a hard context map ``(B, 1, *spatial)`` in ``0..t-1`` (baselines).
+        method: hypergradient method, ``"finite_difference"`` (the authors') or ``"exact"`` (double backward).
+        r: finite-difference scale ``R = r / ||v||`` (methods.md 2.4: 0.01).
+        meta_lr: the virtual step's learning rate; ``None``: the segmenter optimizer's current learning rate.
+        steps: meta steps taken (updated or skipped).
+        skipped: meta steps whose update was skipped (zero or non-finite gradient).
+    """
+
+    num_classes: int
+    num_context: int = 2
+    generator: torch.nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    lr_scheduler: Any | None = None
+    meta_interval: int = 5
+    mask_key: str | None = None
+    context_key: str | None = None
+    method: str = "finite_difference"
+    r: float = 1e-2
+    meta_lr: float | None = None
+    steps: int = 0
+    skipped: int = 0
+
+    def __post_init__(self) -> None:
+        self.num_classes = _positive_int("num_classes", self.num_classes, 2)
+        self.num_context = _positive_int("num_context", self.num_context, 1)
+        self.meta_interval = _positive_int("meta_interval", self.meta_interval, 1)
+        self.mask_key = _optional_key("mask_key", self.mask_key)
+        self.context_key = _optional_key("context_key", self.context_key)
+        if self.generator is not None and self.context_key is not None:
+            raise ValueError(
+                f"context_labels: give a generator (CoLab) or a context_key (baseline context maps), not both "
+                f"(context_key={self.context_key!r})."
+            )
+        if self.generator is not None and self.optimizer is None:
+            raise ValueError("context_labels: a generator needs its own optimizer (context_labels optimizer is null).")
+        if self.num_context > 1 and self.generator is None and self.context_key is None:
+            raise ValueError(
+                f"context_labels: num_context={self.num_context} needs a generator or a context_key to split the "
+                "background; use num_context=1 for plain training."
+            )
+        if self.method not in ("finite_difference", "exact"):
+            raise ValueError(f"context_labels method must be 'finite_difference' or 'exact', got {self.method!r}.")
+        if not isinstance(self.r, numbers.Real) or not self.r > 0:
+            raise ValueError(f"context_labels r must be > 0, got r={self.r!r}.")
+        if self.meta_lr is not None and (not isinstance(self.meta_lr, numbers.Real) or not self.meta_lr > 0):
+            raise ValueError(f"context_labels meta_lr must be > 0 or null, got meta_lr={self.meta_lr!r}.")
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> ContextLabelLearner:
+        """Build from a JSON-style dict; raises ``ValueError`` naming an unknown or bad setting."""
+        if not isinstance(config, Mapping):
+            raise ValueError(f"context_labels must be None (disabled) or a dict of settings, got {config!r}.")
+        unknown = sorted(set(config) - set(_ALLOWED))
+        if unknown:
+            raise ValueError(f"context_labels has unknown setting(s) {unknown}; allowed: {sorted(_ALLOWED)}.")
+        if "num_classes" not in config:
+            raise ValueError("context_labels needs num_classes (C, background included).")
+        return cls(**dict(config))
+
+    @property
+    def num_channels(self) -> int:
+        """``K = C + t - 1``, the segmenter's output channels."""
+        return self.num_classes + self.num_context - 1
+
+    def check_segmenter(self, network: torch.nn.Module) -> None:
+        """Check the segmenter (and generator) output channels against ``C`` and ``t`` (clear error on mismatch)."""
+        check_context_networks(_unwrap(network), self.generator, self.num_classes, self.num_context)
+
+    # -- the context probabilities -------------------------------------------------------------------------------
+    def _batch_tensor(self, batchdata: Any, key: str, device: torch.device) -> torch.Tensor:
+        if not isinstance(batchdata, Mapping) or key not in batchdata:
+            raise ValueError(
+                f"context_labels expects '{key}' in the batch (it is configured as a batch key); add the transform "
+                "that writes it before the crop, and crop it with the image."
+            )
+        value = batchdata[key]
+        value = value.as_tensor() if hasattr(value, "as_tensor") else torch.as_tensor(value)
+        return value.to(device)
+
+    def mask(self, batchdata: Any, device: torch.device) -> torch.Tensor | None:
+        """The distance-restriction mask ``(B, 1, *spatial)`` float, or ``None`` without ``mask_key``."""
+        if self.mask_key is None:
+            return None
+        return self._batch_tensor(batchdata, self.mask_key, device).float()
+
+    def probabilities(self, image: torch.Tensor, batchdata: Any) -> torch.Tensor:
+        """Context probabilities ``(B, t, *spatial)``: the generator's softmax (with graph), a one-hot map, or ones."""
+        if self.generator is not None:
+            return torch.softmax(self.generator(image), dim=1)
+        if self.context_key is not None:
+            context = self._batch_tensor(batchdata, self.context_key, image.device)
+            if context.shape[1:2] != (1,) or context.shape[2:] != image.shape[2:]:
+                raise ValueError(
+                    f"context map '{self.context_key}' must be (B, 1, *spatial) matching the image "
+                    f"{tuple(image.shape)}, got {tuple(context.shape)}."
+                )
+            context = context[:, 0].round().long() if context.is_floating_point() else context[:, 0].long()
+            if context.numel() and (int(context.min()) < 0 or int(context.max()) >= self.num_context):
+                raise ValueError(
+                    f"context map '{self.context_key}' has values in [{int(context.min())}, {int(context.max())}]; "
+                    f"expected 0..{self.num_context - 1} (num_context={self.num_context})."
+                )
+            return torch.nn.functional.one_hot(context, self.num_context).movedim(-1, 1).to(image.dtype)
+        return image.new_ones((image.shape[0], 1, *image.shape[2:]))
+
+    def target(self, probabilities: torch.Tensor, label: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The ``K``-channel soft target (methods.md 2.2) of ``probabilities`` ``(B, t, *sp)`` and ``label``."""
+        return compose_context_target(probabilities, label, self.num_classes, mask)
+
+    # -- the meta step -------------------------------------------------------------------------------------------
+    def is_meta_iteration(self, iteration: int) -> bool:
+        """Whether the meta step runs at this (1-based) iteration."""
+        return self.generator is not None and iteration % self.meta_interval == 0
+
+    def meta_step(
+        self,
+        network: torch.nn.Module,
+        loss_function: Callable,
+        segmenter_optimizer: torch.optim.Optimizer,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> dict[str, float]:
+        """One generator update by the one-step look-ahead hypergradient (methods.md 2.4).
+
+        Args:
+            network: the segmenter (a DDP wrapper is unwrapped), ``K`` output channels.
+            loss_function: the soft-target training loss ``loss(pred, target)`` (e.g. ``ContextLabelLoss``).
+            segmenter_optimizer: gives the virtual step's learning rate (``param_groups[0]["lr"]``) unless ``meta_lr``.
+            image: ``(B, C_in, *spatial)``.
+            label: ``(B, 1, *spatial)`` class indices.
+            mask: the distance restriction ``(B, 1, *spatial)`` or ``None``.
+
+        Returns:
+            ``{"meta_loss": L_val(theta') before the update, "meta_skipped": 0.0 or 1.0}``.
+        """
+        assert self.generator is not None and self.optimizer is not None
+        segmenter = _unwrap(network)
+        lr = float(self.meta_lr if self.meta_lr is not None else segmenter_optimizer.param_groups[0]["lr"])
+        self.generator.train()
+        # the generator runs once: the hypergradient is taken w.r.t. its soft labels q and then back-propagated
+        # through q to phi by apply_hypergradient (the chain rule the authors' three generator passes compute)
+        q = torch.softmax(self.generator(image), dim=1)
+        target_of = self.target
+
+        def train_loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
+            return loss_function(functional_forward(segmenter, params, image), target_of(q, label, mask)).mean()
+
+        def val_loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
+            pred = highest_resolution(functional_forward(segmenter, params, image))
+            return context_foreground_bce(pred, label, self.num_classes)
+
+        result = lookahead_hypergradient(segmenter, train_loss, val_loss, [q], lr, method=self.method, r=self.r)
+        self.steps += 1
+        skipped, reason = result.skipped, result.reason
+        self.optimizer.zero_grad(set_to_none=True)
+        if not skipped:
+            apply_hypergradient([q], result.grads)
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # every rank must take the same decision and the same averaged step
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+            flags = torch.tensor([float(skipped)], device=flat.device)
+            dist.all_reduce(flat)
+            dist.all_reduce(flags)
+            if float(flags) > 0:
+                skipped, reason = True, reason or "skipped on another rank"
+            else:
+                flat /= dist.get_world_size()
+                for p, g in zip(params, torch.split(flat, [p.numel() for p in params]), strict=True):
+                    p.grad = g.view_as(p).clone()
+        if not skipped and not all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
+            skipped, reason = True, "nonfinite_generator_grad"
+        if skipped:
+            self.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            logger.warning(
+                "CoLab meta step %d skipped (%s); %d of %d meta steps skipped so far.",
+                self.steps,
+                reason,
+                self.skipped,
+                self.steps,
+            )
+        else:
+            self.optimizer.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        return {"meta_loss": float(result.val_loss), "meta_skipped": float(skipped)}
+
+    def broadcast_generator(self) -> None:
+        """Copy rank 0's generator parameters and buffers to every rank (no-op without a process group)."""
+        if self.generator is None or not (dist.is_available() and dist.is_initialized()):
+            return
+        with torch.no_grad():
+            for tensor in [*self.generator.parameters(), *self.generator.buffers()]:
+                dist.broadcast(tensor, src=0)
+
+
+class ContextTargetLoss:
+    """``loss(pred, compose_context_target(q, label, C, M))`` with the context probabilities of the current batch.
+
+    The trainer sets :attr:`probabilities` and :attr:`mask` for each batch before its normal step; ``SupervisedTrainer``
+    then calls this object as its loss with the original label, so only the loss sees the ``K``-channel target.
+
+    Args:
+        loss_function: a soft-target loss over ``K`` channels, ``loss(pred, target)``.
+        learner: the :class:`ContextLabelLearner` (gives ``C`` and the composition).
+    """
+
+    def __init__(self, loss_function: Callable, learner: ContextLabelLearner) -> None:
+        self.loss_function = loss_function
+        self.learner = learner
+        self.probabilities: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+
+    def __call__(self, pred: Any, label: torch.Tensor) -> torch.Tensor:
+        if self.probabilities is None:
+            raise RuntimeError("ContextTargetLoss called before the trainer set the batch's context probabilities.")
+        label = label.as_tensor() if hasattr(label, "as_tensor") else label
+        return self.loss_function(pred, self.learner.target(self.probabilities, label, self.mask))

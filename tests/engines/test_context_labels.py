@@ -1,0 +1,223 @@
+# Copyright (c) monai-imbalance contributors
+# Licensed under the Apache License, Version 2.0 (the "License").
+"""CoLab in the trainer: context targets, the generator's meta step and the baselines' context maps.
+
+Methods.md 2.2-2.5.
+Tiny smooth (tanh) networks, so the finite-difference hypergradient has no activation kinks to cross.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from ignite.engine import Events
+from torch import nn
+
+from monai_imbalance.engines import ContextLabelLearner, ContextTargetLoss, RegularisedSupervisedTrainer
+from monai_imbalance.losses import ContextLabelLoss, compose_context_target, context_foreground_bce
+
+C, T = 2, 2
+K = C + T - 1
+SHAPE = (6, 6, 6)
+
+
+class TinySeg(nn.Module):
+    """A smooth (tanh) tiny segmenter with DynUNet's ``out_channels`` attribute, so the channel check can read it."""
+
+    def __init__(self, out_channels: int = K) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.conv1 = nn.Conv3d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv3d(4, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.tanh(self.conv1(x)))
+
+
+def _batch(seed: int = 0, b: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn((b, 1, *SHAPE), generator=g)
+    label = torch.zeros((b, 1, *SHAPE), dtype=torch.long)
+    label[:, :, 2:4, 2:4, 2:4] = 1
+    return {"image": image, "label": label}
+
+
+def _learner(**kw) -> ContextLabelLearner:
+    torch.manual_seed(1)
+    generator = TinySeg(T)
+    defaults = dict(
+        num_classes=C,
+        num_context=T,
+        generator=generator,
+        optimizer=torch.optim.SGD(generator.parameters(), lr=1.0),
+        meta_interval=1,
+    )
+    return ContextLabelLearner(**{**defaults, **kw})
+
+
+def _unrolled_hypergradient(seg, gen, loss, x, y, lr):
+    """Independent reference: differentiate L_val(theta - lr grad L_tr(theta, phi)) w.r.t. phi through the graph."""
+    params = dict(seg.named_parameters())
+    target = compose_context_target(torch.softmax(gen(x), 1), y, C)
+    l_tr = loss(torch.func.functional_call(seg, params, (x,)), target)
+    grads = torch.autograd.grad(l_tr, list(params.values()), create_graph=True)
+    fast = {k: p - lr * g for (k, p), g in zip(params.items(), grads, strict=True)}
+    l_val = context_foreground_bce(torch.func.functional_call(seg, fast, (x,)), y, C)
+    return torch.autograd.grad(l_val, list(gen.parameters()))
+
+
+@pytest.mark.parametrize("method, tol", [("exact", 1e-9), ("finite_difference", 1e-2)])
+def test_meta_step_follows_the_unrolled_hypergradient(method, tol):
+    torch.set_default_dtype(torch.float64)
+    try:
+        learner = _learner(method=method, r=1e-3)
+        seg, gen, loss = TinySeg(), learner.generator, ContextLabelLoss()
+        batch = _batch()
+        seg_before = copy.deepcopy(seg.state_dict())
+        gen_before = [p.detach().clone() for p in gen.parameters()]
+        expected = _unrolled_hypergradient(seg, gen, loss, batch["image"], batch["label"], lr=0.1)
+        out = learner.meta_step(
+            seg, loss, torch.optim.SGD(seg.parameters(), lr=0.1), batch["image"], batch["label"], None
+        )
+        assert out["meta_skipped"] == 0.0 and learner.steps == 1 and learner.skipped == 0
+        # SGD with lr 1: the parameter change is minus the hypergradient
+        num = sum(
+            ((b - p.detach()) - e).pow(2).sum() for b, p, e in zip(gen_before, gen.parameters(), expected, strict=True)
+        )
+        den = sum(e.pow(2).sum() for e in expected)
+        assert float(den) > 0 and float((num / den).sqrt()) < tol
+        for k, v in seg.state_dict().items():  # the segmenter is untouched by the virtual step
+            assert torch.equal(v, seg_before[k]), k
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_meta_step_skips_a_nonfinite_gradient_and_leaves_the_generator():
+    learner = _learner()
+    seg = TinySeg()
+    batch = _batch()
+
+    def nan_loss(pred, target):
+        return ContextLabelLoss()(pred, target) * float("nan")
+
+    before = [p.detach().clone() for p in learner.generator.parameters()]
+    out = learner.meta_step(
+        seg, nan_loss, torch.optim.SGD(seg.parameters(), lr=0.1), batch["image"], batch["label"], None
+    )
+    assert out["meta_skipped"] == 1.0 and learner.skipped == 1 and learner.steps == 1
+    for b, p in zip(before, learner.generator.parameters(), strict=True):
+        assert torch.equal(b, p)
+    assert all(p.grad is None for p in learner.generator.parameters())
+
+
+def test_probabilities_from_generator_map_or_ones():
+    batch = _batch()
+    learner = _learner()
+    q = learner.probabilities(batch["image"], batch)
+    torch.testing.assert_close(q, torch.softmax(learner.generator(batch["image"]), 1))
+    ctx = torch.zeros_like(batch["label"])
+    ctx[:, :, :3] = 1
+    fixed = ContextLabelLearner(num_classes=C, num_context=T, context_key="ctx")
+    q = fixed.probabilities(batch["image"], {**batch, "ctx": ctx})
+    assert torch.equal(q.argmax(1, keepdim=True), ctx) and torch.equal(q.sum(1), torch.ones_like(q.sum(1)))
+    with pytest.raises(ValueError, match="values in"):
+        fixed.probabilities(batch["image"], {**batch, "ctx": ctx + 1})
+    with pytest.raises(ValueError, match="'ctx' in the batch"):
+        fixed.probabilities(batch["image"], batch)
+    plain = ContextLabelLearner(num_classes=C, num_context=1)
+    assert torch.equal(plain.probabilities(batch["image"], batch), torch.ones((2, 1, *SHAPE)))
+    assert plain.num_channels == C and fixed.num_channels == K
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"num_classes": C, "num_context": 0}, "num_context"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"num_classes": C, "num_context": 2}, "needs a generator or a context_key"),
+        ({"num_classes": C, "generator": TinySeg(T)}, "its own optimizer"),
+        ({"num_classes": C, "context_key": "ctx", "generator": TinySeg(T), "optimizer": None}, "not both"),
+        ({"num_classes": C, "num_context": 1, "meta_interval": 0}, "meta_interval"),
+        ({"num_classes": C, "num_context": 1, "method": "newton"}, "method"),
+        ({"num_classes": C, "num_context": 1, "colour": 1}, "unknown setting"),
+        ({"num_context": 1}, "needs num_classes"),
+    ],
+)
+def test_bad_settings_are_named(config, match):
+    with pytest.raises(ValueError, match=match):
+        ContextLabelLearner.from_mapping(config)
+
+
+def test_context_target_loss_composes_from_the_batch_probabilities():
+    learner = ContextLabelLearner(num_classes=C, num_context=T, context_key="ctx")
+    adapter = ContextTargetLoss(ContextLabelLoss(), learner)
+    batch = _batch()
+    pred = torch.randn((2, K, *SHAPE))
+    with pytest.raises(RuntimeError, match="before the trainer set"):
+        adapter(pred, batch["label"])
+    q = torch.softmax(torch.randn((2, T, *SHAPE)), 1)
+    mask = torch.rand((2, 1, *SHAPE))
+    adapter.probabilities, adapter.mask = q, mask
+    expected = ContextLabelLoss()(pred, compose_context_target(q, batch["label"], C, mask))
+    torch.testing.assert_close(adapter(pred, batch["label"]), expected)
+
+
+def _trainer(learner_config, network=None, epochs=1, **kw):
+    torch.manual_seed(0)
+    network = TinySeg() if network is None else network
+    data = [_batch(i) for i in range(3)]
+    return RegularisedSupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=data,
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
+        loss_function=ContextLabelLoss(),
+        context_labels=learner_config,
+        **kw,
+    )
+
+
+def test_trainer_runs_meta_steps_at_the_interval_and_keeps_hard_labels():
+    learner = _learner(meta_interval=2)
+    trainer = _trainer(learner, epochs=2)
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(dict(e.state.output[0])))
+    gen_before = [p.detach().clone() for p in learner.generator.parameters()]
+    trainer.run()
+    assert trainer.state.iteration == 6 and learner.steps == 3  # iterations 2, 4, 6
+    assert [("meta_loss" in o) for o in seen] == [False, True] * 3
+    assert all(o["label"].shape[0] == 1 for o in seen)  # the engine keeps the original label
+    assert any(not torch.equal(b, p) for b, p in zip(gen_before, learner.generator.parameters(), strict=True))
+
+
+def test_trainer_step_uses_the_detached_generator_target():
+    """With the meta step off (interval beyond the run), step 1 equals a manual step on the composed target."""
+    learner = _learner(meta_interval=100)
+    trainer = _trainer(learner)
+    reference = copy.deepcopy(trainer.network)
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for batch in trainer.data_loader:
+        q = torch.softmax(learner.generator(batch["image"]), 1).detach()
+        opt.zero_grad()
+        ContextLabelLoss()(reference(batch["image"]), compose_context_target(q, batch["label"], C)).backward()
+        opt.step()
+    gen_before = [p.detach().clone() for p in learner.generator.parameters()]
+    trainer.run()
+    for (name, p), r in zip(trainer.network.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, r, msg=name)
+    for b, p in zip(gen_before, learner.generator.parameters(), strict=True):
+        assert torch.equal(b, p)  # the normal step never trains the generator
+
+
+def test_trainer_rejects_channel_mismatch_and_extra_steps():
+    with pytest.raises(ValueError, match="out_channels=2"):
+        _trainer(_learner(), network=TinySeg(out_channels=2))
+    with pytest.raises(ValueError, match="cannot be combined"):
+        _trainer(_learner(), adversarial={"eps": 1.0})
+    wrong_generator = _learner()
+    wrong_generator.generator = TinySeg(3)
+    with pytest.raises(ValueError, match="generator has out_channels=3"):
+        _trainer(wrong_generator)
