@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     table = sub.add_parser("table", help="train and evaluate every (variant, fraction) cell; write results.md/.csv")
     table.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/asymmetric_segmentation")
     table.add_argument(
-        "--variants", nargs="+", default=None, help=f"variant names ('{VANILLA}' = train.json alone; default: all)"
+        "--variants",
+        nargs="+",
+        default=None,
+        help=f"variant names ('{VANILLA}' = train.json alone unless variants/{VANILLA}.json exists; default: all)",
     )
     table.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.5])
     table.add_argument("--out", default=None, help="experiment folder (default: <bundle>/eval/table)")

@@ -36,7 +36,7 @@ from monai_imbalance.utils import atomic_open, atomic_write_text
 
 __all__ = ["VANILLA", "METRICS", "cell_dir", "run_cell", "run_table", "format_table", "write_results"]
 
-#: The name of the unmodified ``train.json`` in ``--variants``.
+#: The name of the unmodified ``train.json`` in ``--variants`` (unless the bundle has ``variants/vanilla.json``).
 VANILLA = "vanilla"
 #: (summary column, table header, higher is better) of the reported metrics.
 METRICS: tuple[tuple[str, str, bool], ...] = (
@@ -55,8 +55,9 @@ def cell_dir(out: str | os.PathLike, variant: str, fraction: float) -> Path:
 def _config_files(bundle: Path, variant: str) -> list[str]:
     configs = bundle / "configs"
     files = [configs / "train.json"]
-    if variant != VANILLA:
-        files.append(configs / "variants" / f"{variant}.json")
+    override = configs / "variants" / f"{variant}.json"
+    if variant != VANILLA or override.is_file():
+        files.append(override)
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"variant {variant!r}: config file '{f}' not found.")
