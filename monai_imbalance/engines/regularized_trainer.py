@@ -1,6 +1,6 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
-"""A ``SupervisedTrainer`` that runs extra regularisation steps (adversarial, mixup) after the normal step.
+"""A ``SupervisedTrainer`` that runs extra regularisation steps (adversarial, mixup) or CoLab's context labels.
 
 The training loop of Li, Kamnitsas, Glocker, "Analyzing overfitting under class imbalance in neural networks for
 image segmentation", IEEE TMI 2021 (nnU-Net ``network_trainer.py::run_iterationRAW``, DeepMedic ``training.py``;
@@ -237,6 +237,12 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
             Asymmetric mixup needs a loss that accepts ``mask=`` and one-hot targets (e.g. ``MarginFocalLoss``).
         raw_image_key: the batch key of the raw image patch ``(B, C_in, *spatial)``.
         raw_label_key: the batch key of the raw label patch ``(B, 1, *spatial)``.
+        context_labels: context-label training (CoLab, Li et al., IEEE TMI 2023): a
+            :class:`~monai_imbalance.engines.ContextLabelLearner` or its JSON settings (``num_classes``, ``num_context``,
+            ``generator``, ``optimizer``, ``lr_scheduler``, ``meta_interval``, ``mask_key``, ``context_key``, ``method``,
+            ``r``, ``meta_lr``). The loss is then called with the ``K``-channel soft target (``network`` must have
+            ``C + t - 1`` outputs) and the generator's meta step runs before step 1 every ``meta_interval`` iterations;
+            see :mod:`monai_imbalance.engines.context_labels`. Not combined with ``adversarial`` / ``mixup``.
         kwargs: every other :class:`monai.engines.SupervisedTrainer` argument (``amp``, ``optim_set_to_none``,
             ``inferer``, ``postprocessing``, ``key_train_metric``, ``train_handlers``, ...). The extra steps call
             ``inferer(x, network)`` without the extra ``args``/``kwargs`` a custom ``prepare_batch`` may return.

@@ -1,0 +1,146 @@
+# Copyright (c) monai-imbalance contributors
+# Licensed under the Apache License, Version 2.0 (the "License").
+"""The ``context_label_segmentation`` bundle (CoLab, Li et al., IEEE TMI 2023) through ``ConfigWorkflow``.
+
+Tiny phantoms (32^3), a tiny DynUNet and 16^3 patches; the default ``train.json`` is CoLab with t = 2 and the meta
+step every iteration here (``meta_interval`` 1) so that the two tiny epochs take meta steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from monai_imbalance.data import make_phantom_dataset
+from monai_imbalance.engines import RegularisedSupervisedTrainer
+from monai_imbalance.transforms import DilatedRingContextLabelsd, KMeansContextLabelsd
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "context_label_segmentation"
+CONFIGS = BUNDLE / "configs"
+VARIANTS = sorted(p.stem for p in (CONFIGS / "variants").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), num_training=4, num_validation=2, seed=3)
+
+
+def _workflow(config_files, dataset, bundle_root, tiny, workflow_type="train", **override):
+    files = [str(CONFIGS / f) for f in config_files]
+    return ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        dataset_dir=str(dataset),
+        bundle_root=str(bundle_root),
+        **{**tiny, "meta_interval": 1, **override},
+    )
+
+
+def _run(wf):
+    wf.initialize()
+    assert not wf.check_properties()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory, tiny_overrides):
+    root = tmp_path_factory.mktemp("bundle")
+    wf = _run(_workflow(["train.json"], dataset, root, tiny_overrides))
+    return root, wf
+
+
+def test_variants_are_the_issue_list():
+    assert set(VARIANTS) == {"vanilla", "kmeans_t2", "dilated_t2", "colab_t2", "colab_t4", "colab_t6"}
+    for name in VARIANTS:
+        content = json.loads((CONFIGS / "variants" / f"{name}.json").read_text())
+        assert "train" not in content and "validate" not in content, name
+
+
+def test_colab_training_updates_the_generator_and_checkpoints_it(trained):
+    root, wf = trained
+    learner = wf.trainer.context_labels
+    assert learner.num_context == 2 and learner.steps == 4 and learner.skipped == 0  # 2 epochs x 2 iterations
+    latest = torch.load(root / "models" / "latest.pt", weights_only=True)
+    assert {"generator", "generator_optimizer", "generator_lr_scheduler"} <= set(latest)
+    assert latest["generator_lr_scheduler"]["last_epoch"] == 4  # stepped once per meta step
+    adam = latest["generator_optimizer"]["state"]
+    assert adam and all(int(state["step"]) == 4 for state in adam.values())  # 4 generator updates, none skipped
+    best = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert best["output_block.conv.conv.weight"].shape[0] == 3  # K = C + t - 1 = 3 segmenter channels
+    assert sorted(p.name for p in (root / "eval" / "context_labels").glob("*.png")) == [
+        "context_labels_epoch0001.png",
+        "context_labels_epoch0002.png",
+    ]
+    assert 0.0 <= wf.trainer.state.metrics["train_mean_dice"] <= 1.0  # metrics see the collapsed C classes
+
+
+def test_resume_restores_the_generator(trained, dataset, tiny_overrides, tmp_path):
+    root, _ = trained
+    for name in ("latest.pt", "model.pt"):
+        (tmp_path / "models").mkdir(exist_ok=True)
+        (tmp_path / "models" / name).write_bytes((root / "models" / name).read_bytes())
+    saved = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)["generator"]
+    wf = _workflow(["train.json"], dataset, tmp_path, tiny_overrides, epochs=2, resume=True)
+    wf.initialize()
+    wf.run()  # already at epoch 2: restores and stops
+    generator = wf.parser.get_parsed_content("generator")
+    for k, v in generator.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    assert wf.trainer.state.epoch == 2
+
+
+def test_evaluate_and_inference_output_only_the_original_classes(trained, dataset, tiny_overrides, tmp_path):
+    root, _ = trained
+    _run(_workflow(["train.json", "evaluate.json"], dataset, root, tiny_overrides, save_predictions=True))
+    with open(root / "eval" / "metrics_per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({r["split"] for r in rows}) == ["external", "test"] and {r["class_index"] for r in rows} == {"1"}
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="inference",
+        bundle_root=str(root),
+        dataset_dir=str(dataset),
+        output_dir=str(tmp_path),
+        patch_size=tiny_overrides["patch_size"],
+        filters=tiny_overrides["filters"],
+        **{"dataloader#num_workers": 0},
+    )
+    _run(wf)
+    outputs = sorted(tmp_path.glob("*_seg.nii.gz"))
+    assert len(outputs) == 2
+    for out in outputs:
+        seg = np.asarray(nib.load(out).dataobj)
+        assert seg.shape[:3] == (32, 32, 32) and set(np.unique(seg)) <= {0, 1}  # context never leaks as a label
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "kmeans_t2", "dilated_t2", "colab_t4"])
+def test_variant_builds_what_its_name_says(variant, dataset, tmp_path, tiny_overrides):
+    wf = _run(_workflow(["train.json", f"variants/{variant}.json"], dataset, tmp_path, tiny_overrides, epochs=1))
+    trainer = wf.trainer
+    assert isinstance(trainer, RegularisedSupervisedTrainer)
+    learner = trainer.context_labels
+    transforms = wf.parser.get_parsed_content("train#context_transforms")
+    if variant == "vanilla":
+        assert learner.num_context == 1 and learner.generator is None and learner.mask_key is None
+        assert wf.parser.get_parsed_content("num_channels") == 2
+    elif variant in ("kmeans_t2", "dilated_t2"):
+        kind = KMeansContextLabelsd if variant == "kmeans_t2" else DilatedRingContextLabelsd
+        assert learner.generator is None and learner.context_key == "context_label" and learner.num_context == 2
+        assert [type(t) for t in transforms] == [kind]
+    else:
+        assert learner.num_context == 4 and learner.generator is not None and learner.steps == 2
+        assert learner.mask_key == "context_mask"
+    assert np.isfinite(float(trainer.state.output[0]["loss"]))
