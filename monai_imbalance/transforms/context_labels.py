@@ -559,7 +559,7 @@ class ContextTargetd(MapTransform):
         return d
 
 
-COLLAPSE_OUTPUTS = ("label", "probs", "logits")
+COLLAPSE_OUTPUTS = ("label", "probs", "logits", "max")
 
 
 class CollapseContextChannels(Transform):
@@ -576,6 +576,10 @@ class CollapseContextChannels(Transform):
       that wins individually; use ``"label"`` for the paper's segmentation, ``"probs"`` for calibrated scores.
     - ``"logits"``: ``(C, *spatial)`` logits whose softmax is the ``"probs"`` output (channel 0 is the log-sum-exp of
       the context logits), for post-processing chains that expect ``C``-channel logits.
+    - ``"max"``: ``(C, *spatial)``, channel 0 the maximum over the context channels, the foreground channels kept (of
+      logits or of probabilities alike): its ``argmax`` is the ``"label"`` rule, and it stays a continuous
+      ``C``-channel map, so it can go through ``Invertd`` (interpolation) and ``AsDiscreted(argmax=True)`` like any
+      ``C``-class prediction. The bundles use it.
 
     Either way a context channel never yields a foreground class. Works on a decollated prediction after
     :class:`monai.transforms.Invertd` (a MetaTensor in gives a MetaTensor out with the same meta data), before
@@ -585,7 +589,7 @@ class CollapseContextChannels(Transform):
         num_classes: ``C >= 2``.
         num_context: ``t >= 1``; ``None`` infers ``t = K - C + 1`` from the input's channel count (every channel from
             ``C`` on is context); given, the input must have exactly ``K = C + t - 1`` channels.
-        output: ``"label"``, ``"probs"`` or ``"logits"``.
+        output: ``"label"``, ``"probs"``, ``"logits"`` or ``"max"``.
         softmax: for ``"probs"``: whether the input holds logits (apply the softmax) or already probabilities.
         dtype: dtype of the ``"label"`` output (float32 like :class:`monai.transforms.AsDiscrete`).
 
@@ -639,7 +643,9 @@ class CollapseContextChannels(Transform):
             if not x.is_floating_point():
                 x = x.float()
             ctx = x[context]
-            if self.output == "logits":
+            if self.output == "max":
+                out = torch.cat([torch.amax(ctx, dim=0, keepdim=True), x[1:c]], dim=0)
+            elif self.output == "logits":
                 out = torch.cat([torch.logsumexp(ctx, dim=0, keepdim=True), x[1:c]], dim=0)
             else:
                 p = torch.softmax(x, dim=0) if self.softmax else x

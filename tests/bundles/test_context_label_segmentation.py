@@ -144,3 +144,20 @@ def test_variant_builds_what_its_name_says(variant, dataset, tmp_path, tiny_over
         assert learner.num_context == 4 and learner.generator is not None and learner.steps == 2
         assert learner.mask_key == "context_mask"
     assert np.isfinite(float(trainer.state.output[0]["loss"]))
+
+
+def test_validation_postprocessing_keeps_the_paper_rule(dataset, tmp_path):
+    """The K-channel prediction becomes the C-class one-hot of "argmax over K, context -> background"."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"dataset_dir": str(dataset), "bundle_root": str(tmp_path), "num_context": 3})
+    post = parser.get_parsed_content("validate#postprocessing")
+    logits = torch.zeros((4, 5, 5, 5))  # K = 2 + 3 - 1 = 4: [ctx_0, FG_1, ctx_1, ctx_2]
+    logits[1, :2] = 5.0  # foreground wins here
+    logits[3, 1:3] = 9.0  # ... except where context 2 beats it (row 1), and it wins alone in row 2
+    out = post({"pred": logits, "label": torch.zeros((1, 5, 5, 5))})
+    fg = out["pred"][1]
+    assert out["pred"].shape == (2, 5, 5, 5)
+    assert torch.all(fg[0] == 1) and torch.all(fg[1:] == 0)

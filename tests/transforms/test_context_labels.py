@@ -255,6 +255,11 @@ def test_collapse_label_rule(c, t):
     else:
         assert out[0, 0, 0] == c - 1 and torch.all(out.flatten()[1:] == 0)
     assert set(torch.unique(CollapseContextChannels(c, t)(logits)).tolist()) <= set(range(c))
+    for x in (logits, torch.softmax(logits, 0), dominated):  # "max": C channels whose argmax is the label rule
+        folded = CollapseContextChannels(c, t, output="max")(x)
+        assert folded.shape == (c, 6, 7)
+        assert torch.equal(folded.argmax(0, keepdim=True).float(), CollapseContextChannels(c, t)(x))
+        torch.testing.assert_close(folded[0], x[[0, *range(c, k)]].amax(0))
 
 
 def test_collapse_probs_and_logits():
