@@ -238,11 +238,12 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         raw_image_key: the batch key of the raw image patch ``(B, C_in, *spatial)``.
         raw_label_key: the batch key of the raw label patch ``(B, 1, *spatial)``.
         context_labels: context-label training (CoLab, Li et al., IEEE TMI 2023): a
-            :class:`~monai_imbalance.engines.ContextLabelLearner` or its JSON settings (``num_classes``, ``num_context``,
-            ``generator``, ``optimizer``, ``lr_scheduler``, ``meta_interval``, ``mask_key``, ``context_key``, ``method``,
-            ``r``, ``meta_lr``). The loss is then called with the ``K``-channel soft target (``network`` must have
-            ``C + t - 1`` outputs) and the generator's meta step runs before step 1 every ``meta_interval`` iterations;
-            see :mod:`monai_imbalance.engines.context_labels`. Not combined with ``adversarial`` / ``mixup``.
+            :class:`~monai_imbalance.engines.ContextLabelLearner` or its JSON settings (``num_classes``,
+            ``num_context``, ``generator``, ``optimizer``, ``lr_scheduler``, ``meta_interval``, ``mask_key``,
+            ``context_key``, ``method``, ``r``, ``meta_lr``). The loss is then called with the ``K``-channel soft
+            target (``network`` must have ``C + t - 1`` outputs) and the generator's meta step runs before step 1
+            every ``meta_interval`` iterations; see :mod:`monai_imbalance.engines.context_labels`. Not combined with
+            ``adversarial`` / ``mixup``.
         kwargs: every other :class:`monai.engines.SupervisedTrainer` argument (``amp``, ``optim_set_to_none``,
             ``inferer``, ``postprocessing``, ``key_train_metric``, ``train_handlers``, ...). The extra steps call
             ``inferer(x, network)`` without the extra ``args``/``kwargs`` a custom ``prepare_batch`` may return.
