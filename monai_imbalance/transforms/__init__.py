@@ -32,9 +32,12 @@ from .context_labels import (
     dilated_ring_context_labels,
     kmeans_context_labels,
 )
+from .policy_augment import DEFAULT_BINS_KEY, DEFAULT_GROUP_KEY, PolicyAugmentd
 
 __all__ = [
+    "DEFAULT_BINS_KEY",
     "DEFAULT_CLASS_KEY",
+    "DEFAULT_GROUP_KEY",
     "ClassConditionalAugmentd",
     "CollapseContextChannels",
     "CollapseContextChannelsd",
@@ -42,6 +45,7 @@ __all__ = [
     "ContextTargetd",
     "DilatedRingContextLabelsd",
     "KMeansContextLabelsd",
+    "PolicyAugmentd",
     "RandCropByLabelClassesWithCentreClassd",
     "RemapContextLabelsd",
     "context_distance_mask",

@@ -1,0 +1,67 @@
+# Copyright (c) monai-imbalance contributors
+# Licensed under the Apache License, Version 2.0 (the "License").
+"""Learned class-specific training-time and test-time augmentation (JCSAugment).
+
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
+Segmentation", IEEE TMI 2023 (methods.md section 3):
+
+- :class:`TrainingTransformPool` (:data:`TRAINING_OPS`): the 15 training-time operations and their 62 magnitude
+  bins, drawn in ranges and applied in the authors' order, on MONAI array transforms (elementary ops in
+  :mod:`~monai_imbalance.augment.ops`).
+- :class:`TestTimeTransformPool` (:data:`TEST_TIME_TRANSFORMS`, :data:`NNUNET_MIRRORING`): the 84 signed test-time
+  transforms with their inverses and field-of-view coverage.
+- :class:`AugmentationPolicy`: one straight-through Gumbel categorical per operation, one policy per class group
+  (background- vs foreground-centred patches by default), init presets; :class:`PolicyWeights`.
+- :class:`TestTimePolicy`: one categorical over the test-time transforms.
+- :class:`SharedPolicyProbabilities`: the probability table in shared memory that the loader workers read
+  (used by :class:`monai_imbalance.transforms.PolicyAugmentd`).
+- :class:`LearnedTTAInferer`: top-K learned TTA around any inferer; presets ``"none"`` and ``"mirroring"``.
+- :func:`save_policy` / :func:`load_policy` / :func:`describe_policy`: state dict + readable JSON.
+- :mod:`~monai_imbalance.augment.gumbel`: the straight-through estimator and the per-bin normalised update.
+"""
+
+from __future__ import annotations
+
+from .gumbel import (
+    backward_per_bin,
+    conditional_gumbel,
+    per_bin_coefficients,
+    sample_straight_through,
+    straight_through_given,
+)
+from .inferer import TTA_PRESETS, LearnedTTAInferer
+from .io import describe_policy, load_policy, policy_paths, save_policy
+from .policy import DEFAULT_GROUPS, TRAINING_INIT_PRESETS, AugmentationPolicy, PolicyWeights, check_groups
+from .shared import SharedPolicyProbabilities
+from .test_time import TEST_TIME_INIT_PRESETS, TestTimePolicy
+from .test_time_pool import NNUNET_MIRRORING, TEST_TIME_TRANSFORMS, TestTimeTransform, TestTimeTransformPool
+from .training_pool import TRAINING_OPS, TrainingOp, TrainingTransformPool
+
+__all__ = [
+    "DEFAULT_GROUPS",
+    "NNUNET_MIRRORING",
+    "TEST_TIME_INIT_PRESETS",
+    "TEST_TIME_TRANSFORMS",
+    "TRAINING_INIT_PRESETS",
+    "TRAINING_OPS",
+    "TTA_PRESETS",
+    "AugmentationPolicy",
+    "LearnedTTAInferer",
+    "PolicyWeights",
+    "SharedPolicyProbabilities",
+    "TestTimePolicy",
+    "TestTimeTransform",
+    "TestTimeTransformPool",
+    "TrainingOp",
+    "TrainingTransformPool",
+    "backward_per_bin",
+    "check_groups",
+    "conditional_gumbel",
+    "describe_policy",
+    "load_policy",
+    "per_bin_coefficients",
+    "policy_paths",
+    "sample_straight_through",
+    "save_policy",
+    "straight_through_given",
+]
