@@ -16,11 +16,14 @@ IEEE TMI 2021 (methods.md 1.4, 1.5, 1.8):
 - :func:`lookahead_hypergradient` (and :func:`per_sample_lookahead_hypergradient`, :func:`apply_hypergradient`,
   :func:`functional_forward`): the one-step look-ahead hypergradient shared by CoLab and learned augmentation (Li et
   al., IEEE TMI 2023; methods.md 2.4, 3.4, 6.4).
+- :class:`AugmentationPolicyLearner`: learned augmentation in the trainer (``augmentation_policy=``): the TRA meta
+  step, the TEA step and their joint schedule (JCSAugment, Li et al., IEEE TMI 2023; methods.md 3.4-3.6).
 """
 
 from __future__ import annotations
 
 from .adversarial import adversarial_perturbation, normalize_per_sample
+from .augmentation_policy import AugmentationPolicyLearner, foreground_dice_loss, per_sample_ce_dice
 from .context_labels import ContextLabelLearner, ContextTargetLoss, highest_resolution
 from .lookahead import (
     LookaheadResult,
@@ -34,6 +37,7 @@ from .regularized_trainer import AdversarialConfig, MixupConfig, RegularisedSupe
 
 __all__ = [
     "AdversarialConfig",
+    "AugmentationPolicyLearner",
     "ContextLabelLearner",
     "ContextTargetLoss",
     "LookaheadResult",
@@ -41,6 +45,7 @@ __all__ = [
     "RegularisedSupervisedTrainer",
     "adversarial_perturbation",
     "apply_hypergradient",
+    "foreground_dice_loss",
     "functional_forward",
     "highest_resolution",
     "lookahead_hypergradient",
@@ -48,6 +53,7 @@ __all__ = [
     "mixup_images",
     "mixup_labels",
     "normalize_per_sample",
+    "per_sample_ce_dice",
     "per_sample_lookahead_hypergradient",
     "sample_mixup_lambda",
 ]

@@ -91,6 +91,7 @@ from .adversarial import (
     perturbation_from_gradient,
     rare_direction_loss,
 )
+from .augmentation_policy import AugmentationPolicyLearner
 from .context_labels import ContextLabelLearner, ContextTargetLoss
 from .mixup import _as_plain, mixup_images, mixup_labels, sample_mixup_lambda
 
@@ -244,6 +245,13 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
             target (``network`` must have ``C + t - 1`` outputs) and the generator's meta step runs before step 1
             every ``meta_interval`` iterations; see :mod:`monai_imbalance.engines.context_labels`. Not combined with
             ``adversarial`` / ``mixup``.
+        augmentation_policy: learned augmentation (JCSAugment, Li et al., IEEE TMI 2023): an
+            :class:`~monai_imbalance.engines.AugmentationPolicyLearner` or its JSON settings (``num_classes``,
+            ``policy``, ``optimizer``, ``shared``, ``test_time_policy``, ``test_time_optimizer``,
+            ``validation_loader``, ``meta_interval``, ``test_time_interval``, ``warmup_epochs``, ...). Its TRA meta
+            step and TEA step run before step 1 when due and add ``policy_meta_loss`` / ``policy_meta_skipped`` /
+            ``test_time_loss`` / ``test_time_skipped`` to the output; step 1 is unchanged (the unweighted loss on
+            the policy-augmented batch). See :mod:`monai_imbalance.engines.augmentation_policy`.
         kwargs: every other :class:`monai.engines.SupervisedTrainer` argument (``amp``, ``optim_set_to_none``,
             ``inferer``, ``postprocessing``, ``key_train_metric``, ``train_handlers``, ...). The extra steps call
             ``inferer(x, network)`` without the extra ``args``/``kwargs`` a custom ``prepare_batch`` may return.
@@ -271,8 +279,15 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         raw_image_key: str = "image_raw",
         raw_label_key: str = "label_raw",
         context_labels: Mapping[str, Any] | ContextLabelLearner | None = None,
+        augmentation_policy: Mapping[str, Any] | AugmentationPolicyLearner | None = None,
         **kwargs: Any,
     ) -> None:
+        if augmentation_policy is not None and not isinstance(augmentation_policy, AugmentationPolicyLearner):
+            augmentation_policy = AugmentationPolicyLearner.from_mapping(augmentation_policy)
+        if augmentation_policy is not None and kwargs.get("iteration_update") is not None:
+            raise ValueError("a custom iteration_update replaces this trainer's iteration: no policy step would run.")
+        if augmentation_policy is not None and context_labels is not None:
+            raise ValueError("augmentation_policy cannot be combined with context_labels yet (K-channel targets).")
         if context_labels is not None and not isinstance(context_labels, ContextLabelLearner):
             context_labels = ContextLabelLearner.from_mapping(context_labels)
         if context_labels is not None and (adversarial is not None or mixup is not None):
@@ -311,10 +326,13 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         self.raw_image_key = raw_image_key
         self.raw_label_key = raw_label_key
         self.context_labels: ContextLabelLearner | None = context_labels
+        self.augmentation_policy: AugmentationPolicyLearner | None = augmentation_policy
         self._step_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._reused_r_adv: torch.Tensor | None = None
         if context_labels is not None:
             self.add_event_handler(Events.STARTED, lambda _: context_labels.broadcast_generator())
+        if augmentation_policy is not None:
+            self.add_event_handler(Events.STARTED, lambda _: augmentation_policy.broadcast())
         if extras:
             self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._keep_step_batch)
 
@@ -519,13 +537,16 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
             ``engine.state.output`` of step 1 (decollated when ``decollate=True``), each item updated with the extra
             losses (and ``mixup_lambda``): detached 0-d tensors, or Python floats when decollated (as ``loss``).
         """
+        # learned augmentation (methods.md 3.6): TRA meta step, then TEA step, before step 1 ({} when disabled)
+        policy = {} if self.augmentation_policy is None else self.augmentation_policy.iteration(engine, batchdata)
         if self.context_labels is not None:
-            return self._merge_extra(engine, self._context_iteration(engine, batchdata))
+            return self._merge_extra(engine, {**policy, **self._context_iteration(engine, batchdata)})
         if self.adversarial is None and self.mixup is None:
-            return super()._iteration(engine, batchdata)
+            output = super()._iteration(engine, batchdata)
+            return self._merge_extra(engine, policy) if policy else output
         self._step_batch = None
         self._reused_r_adv = None
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(policy)
         try:
             if self.adversarial is not None and self.adversarial.reuses_forward:
                 self._step_with_direction(engine, batchdata)

@@ -1,0 +1,690 @@
+# Copyright (c) monai-imbalance contributors
+# Licensed under the Apache License, Version 2.0 (the "License").
+"""Learned augmentation in the trainer: the TRA meta step, the TEA step and their joint schedule.
+
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
+Segmentation", IEEE TMI 2023 (JCSAugment, methods.md 3.4-3.6, 3.8, 6.4). :class:`AugmentationPolicyLearner` holds the
+settings and state; :class:`~monai_imbalance.engines.RegularisedSupervisedTrainer` calls it before its normal step
+(``augmentation_policy=``), so one iteration is: TRA meta step -> TEA step -> segmenter step (methods.md 3.6).
+
+TRA meta step (methods.md 3.4), every ``meta_interval`` iterations (the authors' ``augupdate``, default 1) once
+``warmup_epochs`` epochs are done. The training batch carries the bins the loader workers drew and the class group of
+each patch (``policy_bins`` ``(B, O)``, ``policy_group`` ``(B,)``, written by
+:class:`~monai_imbalance.transforms.PolicyAugmentd`); the straight-through weights are recomputed with gradient,
+``w = policy.weights(bins, groups).weight`` (value 1), and::
+
+    L_tr(theta, w) = (1/B) sum_b w_b * l_b(f_theta(x_b), y_b)        # l_b: per-sample CE + soft Dice (BG excluded)
+    theta'         = theta - lr * grad_theta L_tr                       # lr: the segmenter's current learning rate
+    L_val(theta')  on a batch of the held-out validation loader         # CE + batch Dice (softdsc 2, the U-Net default)
+    g_b            = d L_val(theta'(w)) / d w_b                         # lookahead_hypergradient, aux = w
+
+then :meth:`~monai_imbalance.augment.AugmentationPolicy.accumulate_hypergradient` (per-group baseline, per-bin
+normalisation), the policy optimizer steps (Adam, methods.md 3.8: 5e-4 for a U-Net) and ``shared.update(policy)``
+writes the new probabilities into the shared table the loader workers sample from
+(:mod:`~monai_imbalance.augment.shared`). When a test-time policy is set, each validation patch is transformed by a
+test-time transform drawn from its current probabilities and the prediction is mapped back before the loss
+(``P = T^{-1}(f_theta'(T(x)))``, "augmented by the current TEA policy", methods.md 3.4 / 3.6); voxels that a zoom
+or rotation moved out of the field of view are left out of that loss, as in the TEA loss.
+
+TEA step (methods.md 3.5), every ``test_time_interval`` iterations once ``test_time_warmup_epochs`` are done, on
+``test_time_patches`` patches of the validation batch (default 1, one holding foreground, as the authors' FG-centred
+patch): ``Z`` transforms ``t_z`` are drawn with straight-through weights ``w_z``
+(:meth:`~monai_imbalance.augment.TestTimePolicy.sample`), the segmenter predicts without gradient (eval mode, so
+BatchNorm statistics are not touched) ``P_z = T_z^{-1}(f_theta(T_z(x)))`` and::
+
+    L_TEA = sum_z (w_z / sum w) * Dice_fg(P_z, y; mask = voxels inside the field of view of T_z)
+
+with ``Dice_fg`` the batch soft Dice over **all** foreground classes (the authors used class 1 only; methods.md 6.3);
+``g_z = d L_TEA / d w_z`` goes through the test-time policy's ``accumulate_hypergradient`` to its own optimizer
+(Adam, 5e-5 jointly, methods.md 3.8).
+
+Skips: a look-ahead that reports ``skipped`` (non-finite or zero gradients), a non-finite TEA loss or a non-finite
+policy gradient skips that policy's optimizer step (Adam would still move on its momentum), is logged and counted in
+:attr:`AugmentationPolicyLearner.skipped` / :attr:`~AugmentationPolicyLearner.test_time_skipped`; the policy is left
+unchanged. Under DDP the policies are not wrapped: their gradients (and skip flags) are all-reduced and averaged
+before the step, and their parameters are broadcast from rank 0 when training starts, so all ranks (and their shared
+tables) stay identical.
+
+The held-out validation split comes from the training cases, e.g. with
+:func:`monai_imbalance.data.holdout_split` (``"$monai_imbalance.data.holdout_split(@train_cases, 0.1, @seed)"``),
+loaded as patches (50 % foreground-centred, methods.md 3.4) by a second ``DataLoader`` given as
+``validation_loader``; the learner cycles through it, one batch per meta / TEA step.
+
+Configuration (JSON, under the trainer's ``augmentation_policy``)::
+
+    "augmentation_policy": {
+        "num_classes": 2,
+        "policy": "@policy", "optimizer": "@policy_optimizer", "shared": "@shared_policy",
+        "test_time_policy": "@test_time_policy", "test_time_optimizer": "@test_time_optimizer",
+        "validation_loader": "@meta_validation_loader",
+        "meta_interval": 1, "test_time_interval": 1, "warmup_epochs": 0, "test_time_warmup_epochs": 0,
+        "num_test_time_samples": 10, "validation_loss": "ce_dice"
+    }
+
+Checkpoints: the policies are ``nn.Module`` and their optimizers ``torch.optim`` objects, so a bundle lists them in
+the ``CheckpointSaver`` / ``CheckpointLoader`` ``save_dict`` next to the network:
+``"policy": "@policy", "policy_optimizer": "@policy_optimizer", "test_time_policy": "@test_time_policy",
+"test_time_optimizer": "@test_time_optimizer"``; or the learner as one entry,
+``"augmentation_policy": "$@trainer.augmentation_policy"`` (:meth:`AugmentationPolicyLearner.state_dict`: both
+policies, both optimizers and the step counters; tensors, containers and primitives only). Loading through
+:meth:`AugmentationPolicyLearner.load_state_dict` also refreshes the shared table; loading the policy alone needs a
+``shared.update(policy)`` afterwards (the first meta step does it too).
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from monai_imbalance.augment import (
+    AugmentationPolicy,
+    PolicyWeights,
+    SharedPolicyProbabilities,
+    TestTimePolicy,
+)
+
+from .context_labels import _unwrap
+from .lookahead import LOOKAHEAD_METHODS, functional_forward, lookahead_hypergradient
+
+__all__ = [
+    "DEFAULT_TEST_TIME_LR",
+    "DEFAULT_TRAINING_POLICY_LR",
+    "VALIDATION_LOSSES",
+    "AugmentationPolicyLearner",
+    "foreground_dice_loss",
+    "per_sample_ce_dice",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The TRA policy's Adam learning rate for a U-Net (methods.md 3.8; DeepMedic 1e-3, nnFormer 2e-3).
+DEFAULT_TRAINING_POLICY_LR = 5e-4
+#: The TEA policy's Adam learning rate in joint training (methods.md 3.8; 5e-3 for TEA only).
+DEFAULT_TEST_TIME_LR = 5e-5
+#: The meta-validation losses (the authors' ``--softdsc`` 0, 1, 2).
+VALIDATION_LOSSES = {"ce": 0, "dice": 1, "ce_dice": 2}
+
+_ALLOWED = (
+    "num_classes",
+    "policy",
+    "optimizer",
+    "lr_scheduler",
+    "shared",
+    "test_time_policy",
+    "test_time_optimizer",
+    "test_time_lr_scheduler",
+    "validation_loader",
+    "loss_function",
+    "validation_loss",
+    "meta_interval",
+    "test_time_interval",
+    "warmup_epochs",
+    "test_time_warmup_epochs",
+    "num_test_time_samples",
+    "test_time_patches",
+    "augment_validation",
+    "method",
+    "r",
+    "meta_lr",
+    "baseline",
+    "normalize",
+    "bins_key",
+    "group_key",
+)
+
+
+def _logits(pred: Any, ndim: int) -> torch.Tensor:
+    """Full-resolution logits ``(B, K, *spatial)``: the first head of a list, or of DynUNet's stacked heads."""
+    if isinstance(pred, (list, tuple)):
+        pred = pred[0]
+    if pred.ndim == ndim + 1:  # DynUNet deep supervision in training mode: (B, 1 + heads, K, *spatial)
+        pred = pred[:, 0]
+    return pred
+
+
+def _plain(x: Any) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def per_sample_ce_dice(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """The TRA training loss per patch: cross-entropy + soft Dice over the foreground classes (methods.md 3.4).
+
+    Args:
+        pred: logits ``(B, C, *spatial)``.
+        label: class indices ``(B, 1, *spatial)``.
+
+    Returns:
+        ``(B,)``: mean voxel CE of each patch plus ``1 - mean_{c >= 1} Dice_c`` of each patch (MONAI ``DiceLoss``,
+        softmax, background excluded, ``reduction="none"``).
+    """
+    from monai.losses import DiceLoss
+
+    target = label.long()
+    ce = F.cross_entropy(pred, target[:, 0], reduction="none").flatten(1).mean(1)
+    dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, reduction="none")(pred, target)
+    return ce + dice.flatten(1).mean(1)
+
+
+def foreground_dice_loss(pred: torch.Tensor, label: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch soft Dice loss over all foreground classes, optionally restricted to a mask (methods.md 3.4, 3.5, 6.3).
+
+    Args:
+        pred: logits ``(B, C, *spatial)``.
+        label: class indices ``(B, 1, *spatial)``.
+        mask: ``(B, 1, *spatial)`` or ``(1, 1, *spatial)``, voxels to count (``None``: all).
+
+    Returns:
+        a scalar, ``1 - mean_{c >= 1} Dice_c`` with the sums taken over the batch (MONAI ``MaskedDiceLoss``,
+        ``batch=True``).
+    """
+    from monai.losses import DiceLoss, MaskedDiceLoss
+
+    if mask is None:
+        return DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)(pred, label.long())
+    loss = MaskedDiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    return loss(pred, label.long(), mask=mask)
+
+
+def _int_setting(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ValueError(f"augmentation_policy {name} must be an integer >= {minimum}, got {name}={value!r}.")
+    return int(value)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@dataclass
+class AugmentationPolicyLearner:
+    """Settings and state of learned augmentation (TRA, TEA, joint; see the module docstring).
+
+    Attributes:
+        num_classes: ``C``, classes of the labels (background included).
+        policy: the training-time policy (TRA); ``None``: no TRA meta step.
+        optimizer: the TRA policy's optimizer; ``None``: Adam, lr :data:`DEFAULT_TRAINING_POLICY_LR`, betas
+            (0.9, 0.999), no weight decay (methods.md 3.4).
+        lr_scheduler: the TRA policy's scheduler, stepped once per TRA step (the authors: poly 0.9).
+        shared: the shared probability table the loader workers sample from; ``update(policy)`` after each TRA step.
+        test_time_policy: the test-time policy (TEA); ``None``: no TEA step, and a plain validation batch for TRA.
+        test_time_optimizer: its optimizer; ``None``: Adam, lr :data:`DEFAULT_TEST_TIME_LR`.
+        test_time_lr_scheduler: its scheduler, stepped once per TEA step.
+        validation_loader: an iterable of held-out validation batches (dicts with ``image`` ``(B, C_in, *sp)`` and
+            ``label`` ``(B, 1, *sp)``); cycled. Required by either step.
+        loss_function: the TRA training loss per patch, ``loss(pred, label)`` returning ``(B,)`` or ``(B, ...)``
+            (averaged over the non-batch dimensions); default :func:`per_sample_ce_dice`.
+        validation_loss: the meta-validation loss, ``"ce"``, ``"dice"`` (batch Dice) or ``"ce_dice"`` (default,
+            the U-Net setting), or the authors' ``softdsc`` number 0 / 1 / 2.
+        meta_interval: iterations between TRA steps (the authors' ``augupdate``, 1); runs when
+            ``iteration % meta_interval == 0``.
+        test_time_interval: iterations between TEA steps (1).
+        warmup_epochs: epochs of plain training before the first TRA step (0).
+        test_time_warmup_epochs: epochs before the first TEA step (0).
+        num_test_time_samples: ``Z``, transforms drawn per TEA step (10).
+        test_time_patches: validation patches the TEA step uses, those with foreground first (the authors: 1, an
+            FG-centred patch); ``None``: the whole validation batch.
+        augment_validation: transform the TRA validation batch by the current TEA policy when there is one (True).
+        method: hypergradient method, ``"finite_difference"`` (the authors') or ``"exact"``.
+        r: finite-difference radius, ``R = r / ||v||`` (0.01).
+        meta_lr: the virtual step's learning rate; ``None``: the segmenter optimizer's current learning rate.
+        baseline: subtract the per-group mean of the weight gradients (methods.md 3.4; True).
+        normalize: divide by the per-group, per-op bin counts (True).
+        bins_key: batch key of the sampled bins ``(B, O)``.
+        group_key: batch key of the class-group indices ``(B,)``.
+        steps, skipped: TRA steps taken / skipped; test_time_steps, test_time_skipped: the same for TEA.
+    """
+
+    num_classes: int
+    policy: AugmentationPolicy | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    lr_scheduler: Any | None = None
+    shared: SharedPolicyProbabilities | None = None
+    test_time_policy: TestTimePolicy | None = None
+    test_time_optimizer: torch.optim.Optimizer | None = None
+    test_time_lr_scheduler: Any | None = None
+    validation_loader: Iterable | None = None
+    loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    validation_loss: str | int = "ce_dice"
+    meta_interval: int = 1
+    test_time_interval: int = 1
+    warmup_epochs: int = 0
+    test_time_warmup_epochs: int = 0
+    num_test_time_samples: int = 10
+    test_time_patches: int | None = 1
+    augment_validation: bool = True
+    method: str = "finite_difference"
+    r: float = 1e-2
+    meta_lr: float | None = None
+    baseline: bool = True
+    normalize: bool = True
+    bins_key: str = "policy_bins"
+    group_key: str = "policy_group"
+    steps: int = 0
+    skipped: int = 0
+    test_time_steps: int = 0
+    test_time_skipped: int = 0
+    _val_iter: Iterator | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.num_classes = _int_setting("num_classes", self.num_classes, 2)
+        self.meta_interval = _int_setting("meta_interval", self.meta_interval, 1)
+        self.test_time_interval = _int_setting("test_time_interval", self.test_time_interval, 1)
+        self.warmup_epochs = _int_setting("warmup_epochs", self.warmup_epochs, 0)
+        self.test_time_warmup_epochs = _int_setting("test_time_warmup_epochs", self.test_time_warmup_epochs, 0)
+        self.num_test_time_samples = _int_setting("num_test_time_samples", self.num_test_time_samples, 1)
+        if self.test_time_patches is not None:
+            self.test_time_patches = _int_setting("test_time_patches", self.test_time_patches, 1)
+        if self.policy is None and self.test_time_policy is None:
+            raise ValueError("augmentation_policy needs a policy (TRA), a test_time_policy (TEA), or both.")
+        if self.policy is not None and not isinstance(self.policy, AugmentationPolicy):
+            raise ValueError(f"augmentation_policy policy must be an AugmentationPolicy, got {type(self.policy)}.")
+        if self.test_time_policy is not None and not isinstance(self.test_time_policy, TestTimePolicy):
+            raise ValueError(
+                f"augmentation_policy test_time_policy must be a TestTimePolicy, got {type(self.test_time_policy)}."
+            )
+        if self.shared is not None and self.policy is None:
+            raise ValueError("augmentation_policy shared is set but there is no policy to share.")
+        if self.shared is not None and not isinstance(self.shared, SharedPolicyProbabilities):
+            raise ValueError(f"augmentation_policy shared must be a SharedPolicyProbabilities, got {self.shared!r}.")
+        if self.validation_loader is None:
+            raise ValueError(
+                "augmentation_policy validation_loader is required: a loader of patches from training cases held out "
+                "of the training loader (monai_imbalance.data.holdout_split)."
+            )
+        key = self.validation_loss
+        if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+            names = {v: k for k, v in VALIDATION_LOSSES.items()}
+            if int(key) not in names:
+                raise ValueError(f"augmentation_policy validation_loss must be 0, 1 or 2 (softdsc), got {key!r}.")
+            key = names[int(key)]
+        if key not in VALIDATION_LOSSES:
+            raise ValueError(
+                f"augmentation_policy validation_loss must be one of {list(VALIDATION_LOSSES)}, got "
+                f"validation_loss={self.validation_loss!r}."
+            )
+        self.validation_loss = key
+        if self.method not in LOOKAHEAD_METHODS:
+            raise ValueError(f"augmentation_policy method must be one of {LOOKAHEAD_METHODS}, got {self.method!r}.")
+        if isinstance(self.r, bool) or not isinstance(self.r, numbers.Real) or not self.r > 0:
+            raise ValueError(f"augmentation_policy r must be > 0, got r={self.r!r}.")
+        if self.meta_lr is not None and (
+            isinstance(self.meta_lr, bool) or not isinstance(self.meta_lr, numbers.Real) or not self.meta_lr > 0
+        ):
+            raise ValueError(f"augmentation_policy meta_lr must be > 0 or null, got meta_lr={self.meta_lr!r}.")
+        for name in ("augment_validation", "baseline", "normalize"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"augmentation_policy {name} must be true or false, got {getattr(self, name)!r}.")
+        for name in ("bins_key", "group_key"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"augmentation_policy {name} must be a batch key (str), got {getattr(self, name)!r}.")
+        if self.loss_function is not None and not callable(self.loss_function):
+            raise ValueError(f"augmentation_policy loss_function must be callable, got {self.loss_function!r}.")
+        if self.policy is not None and self.optimizer is None:
+            self.optimizer = torch.optim.Adam(
+                self.policy.parameters(), lr=DEFAULT_TRAINING_POLICY_LR, betas=(0.9, 0.999), weight_decay=0.0
+            )
+        if self.test_time_policy is not None and self.test_time_optimizer is None:
+            self.test_time_optimizer = torch.optim.Adam(
+                self.test_time_policy.parameters(), lr=DEFAULT_TEST_TIME_LR, betas=(0.9, 0.999), weight_decay=0.0
+            )
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> AugmentationPolicyLearner:
+        """Build from a JSON-style dict; raises ``ValueError`` naming an unknown or bad setting."""
+        if not isinstance(config, Mapping):
+            raise ValueError(f"augmentation_policy must be None (disabled) or a dict of settings, got {config!r}.")
+        unknown = sorted(set(config) - set(_ALLOWED))
+        if unknown:
+            raise ValueError(f"augmentation_policy has unknown setting(s) {unknown}; allowed: {sorted(_ALLOWED)}.")
+        if "num_classes" not in config:
+            raise ValueError("augmentation_policy needs num_classes (C, background included).")
+        return cls(**dict(config))
+
+    # -- the schedule (methods.md 3.6) ---------------------------------------------------------------------------
+    def is_meta_iteration(self, iteration: int, epoch: int) -> bool:
+        """Whether the TRA step runs at this 1-based iteration of this 1-based epoch."""
+        return self.policy is not None and epoch > self.warmup_epochs and iteration % self.meta_interval == 0
+
+    def is_test_time_iteration(self, iteration: int, epoch: int) -> bool:
+        """Whether the TEA step runs at this 1-based iteration of this 1-based epoch."""
+        return (
+            self.test_time_policy is not None
+            and epoch > self.test_time_warmup_epochs
+            and iteration % self.test_time_interval == 0
+        )
+
+    # -- data ----------------------------------------------------------------------------------------------------
+    def validation_batch(self) -> Any:
+        """The next held-out validation batch (the loader is restarted when exhausted)."""
+        assert self.validation_loader is not None
+        for _ in range(2):
+            if self._val_iter is None:
+                self._val_iter = iter(self.validation_loader)
+            try:
+                return next(self._val_iter)
+            except StopIteration:
+                self._val_iter = None
+        raise ValueError("augmentation_policy validation_loader yielded no batch.")
+
+    def _policy_batch(self, batchdata: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        out = []
+        for key in (self.bins_key, self.group_key):
+            if not isinstance(batchdata, Mapping) or key not in batchdata:
+                raise ValueError(
+                    f"augmentation_policy expects '{key}' in the training batch: augment the patches with "
+                    "monai_imbalance.transforms.PolicyAugmentd (it records the sampled bins and the class group)."
+                )
+            out.append(_plain(batchdata[key]).to(device).long())
+        return out[0], out[1].reshape(-1)
+
+    def _per_sample_loss(self, pred: Any, label: torch.Tensor) -> torch.Tensor:
+        logits = _logits(pred, label.ndim)
+        loss = per_sample_ce_dice(logits, label) if self.loss_function is None else self.loss_function(logits, label)
+        if loss.ndim == 0 or loss.shape[0] != label.shape[0]:
+            raise ValueError(
+                f"augmentation_policy loss_function must return per-sample losses (B,) or (B, ...) with B = "
+                f"{label.shape[0]}, got shape {tuple(loss.shape)}; use reduction='none'."
+            )
+        return loss.flatten(1).mean(1) if loss.ndim > 1 else loss
+
+    def _validation_loss(
+        self, pred: torch.Tensor, label: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """CE and / or batch foreground Dice (``validation_loss``), over the voxels of ``mask`` ``(B, 1, *sp)``."""
+        loss = pred.new_zeros(())
+        if self.validation_loss in ("ce", "ce_dice"):
+            ce = F.cross_entropy(pred, label[:, 0].long(), reduction="none")
+            loss = loss + (ce.mean() if mask is None else (ce * mask[:, 0]).sum() / mask.sum().clamp_min(1.0))
+        if self.validation_loss in ("dice", "ce_dice"):
+            loss = loss + foreground_dice_loss(pred, label, mask)
+        return loss
+
+    # -- TRA (methods.md 3.4) ------------------------------------------------------------------------------------
+    def meta_step(
+        self,
+        network: torch.nn.Module,
+        segmenter_optimizer: torch.optim.Optimizer,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        bins: torch.Tensor,
+        groups: torch.Tensor,
+        validation: tuple[torch.Tensor, torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
+        """One TRA policy update by the one-step look-ahead hypergradient (methods.md 3.4).
+
+        Args:
+            network: the segmenter (a DDP wrapper is unwrapped).
+            segmenter_optimizer: gives the virtual step's learning rate unless ``meta_lr``.
+            image: the augmented training batch ``(B, C_in, *spatial)``.
+            label: ``(B, 1, *spatial)`` class indices.
+            bins: ``(B, O)`` the bins the loader drew.
+            groups: ``(B,)`` the class-group indices.
+            validation: ``(image, label)`` of a held-out validation batch, on the device.
+            generator: optional ``torch.Generator`` for the re-drawn Gumbel noise of the weights.
+
+        Returns:
+            ``{"policy_meta_loss": L_val(theta'), "policy_meta_skipped": 0.0 or 1.0}``.
+        """
+        assert self.policy is not None and self.optimizer is not None
+        segmenter = _unwrap(network)
+        lr = float(self.meta_lr if self.meta_lr is not None else segmenter_optimizer.param_groups[0]["lr"])
+        val_image, val_label = validation
+        transforms = self._validation_transforms(val_image.shape[0])
+        mask = None if transforms is None else self._field_of_view(val_image, transforms)
+        weights: PolicyWeights = self.policy.weights(bins, groups, generator=generator)
+        w = weights.weight
+
+        def train_loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
+            per_sample = self._per_sample_loss(functional_forward(segmenter, params, image), label)
+            return (w.to(per_sample.dtype) * per_sample).mean()
+
+        def val_loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
+            if transforms is None:
+                pred = _logits(functional_forward(segmenter, params, val_image), val_image.ndim)
+            else:
+                pred = self._transformed_prediction(
+                    lambda x: _logits(functional_forward(segmenter, params, x), x.ndim), val_image, transforms
+                )
+            return self._validation_loss(pred, val_label, mask)
+
+        result = lookahead_hypergradient(segmenter, train_loss, val_loss, [w], lr, method=self.method, r=self.r)
+        self.steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        skipped, reason = result.skipped, result.reason
+        if not skipped:
+            self.policy.accumulate_hypergradient(weights, result.grads[0], self.baseline, self.normalize)
+        skipped, reason = self._finish(self.policy, self.optimizer, skipped, reason)
+        if skipped:
+            self.skipped += 1
+            logger.warning(
+                "TRA policy meta step %d skipped (%s); %d of %d TRA steps skipped so far.",
+                self.steps,
+                reason,
+                self.skipped,
+                self.steps,
+            )
+        elif self.shared is not None:
+            self.shared.update(self.policy)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        return {"policy_meta_loss": float(result.val_loss), "policy_meta_skipped": float(skipped)}
+
+    def _finish(
+        self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, skipped: bool, reason: str | None
+    ) -> tuple[bool, str | None]:
+        """All-reduce the gradients and the skip decision (DDP), check them, and step or clear the optimizer."""
+        params = [p for p in module.parameters() if p.requires_grad]
+        if _distributed():
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+            flags = torch.tensor([float(skipped)], device=flat.device)
+            dist.all_reduce(flat)
+            dist.all_reduce(flags)
+            if float(flags) > 0:
+                skipped, reason = True, reason or "skipped on another rank"
+            else:
+                flat /= dist.get_world_size()
+                for p, g in zip(params, torch.split(flat, [p.numel() for p in params]), strict=True):
+                    p.grad = g.view_as(p).clone()
+        if not skipped and not all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
+            skipped, reason = True, "nonfinite_policy_grad"
+        if skipped:
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            optimizer.step()
+        return skipped, reason
+
+    # -- TEA (methods.md 3.5) ------------------------------------------------------------------------------------
+    def _validation_transforms(self, batch_size: int) -> list[int] | None:
+        """One test-time transform per validation patch, drawn from the current TEA probabilities (or ``None``)."""
+        if self.test_time_policy is None or not self.augment_validation:
+            return None
+        probs = self.test_time_policy.probabilities()
+        return torch.multinomial(probs, batch_size, replacement=True).tolist()
+
+    def _field_of_view(self, image: torch.Tensor, transforms: list[int]) -> torch.Tensor | None:
+        """``(B, 1, *sp)`` float: 1 where ``T_b^{-1}(T_b(.))`` keeps content in the field of view (``None``: all)."""
+        assert self.test_time_policy is not None
+        pool = self.test_time_policy.pool
+        covers = [pool.coverage(image.shape[2:], t, device=image.device) for t in transforms]
+        if all(c is None for c in covers):
+            return None
+        ones = image.new_ones((1, *image.shape[2:]))
+        return torch.stack([ones if c is None else (c > 0).to(image.dtype) for c in covers])
+
+    def _transformed_prediction(
+        self, predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, transforms: list[int]
+    ) -> torch.Tensor:
+        """``stack_b T_b^{-1}(predict(T_b(x_b)))``, ``(B, K, *spatial)`` (one transform per patch)."""
+        assert self.test_time_policy is not None
+        pool = self.test_time_policy.pool
+        out = []
+        for b, t in enumerate(transforms):
+            pred = predict(pool.forward(image[b], t)[None])
+            out.append(pool.inverse(pred[0], t))
+        return torch.stack(out)
+
+    def _test_time_patches(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``test_time_patches`` patches of the batch, those holding foreground first."""
+        if self.test_time_patches is None or self.test_time_patches >= image.shape[0]:
+            return image, label
+        has_fg = (label.flatten(1) > 0).any(1)
+        order = torch.cat([torch.nonzero(has_fg)[:, 0], torch.nonzero(~has_fg)[:, 0]])[: self.test_time_patches]
+        return image[order], label[order]
+
+    def test_time_step(
+        self,
+        network: torch.nn.Module,
+        validation: tuple[torch.Tensor, torch.Tensor],
+        indices: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
+        """One TEA policy update (methods.md 3.5); the segmenter is not updated (no gradient, eval mode).
+
+        Args:
+            network: the segmenter.
+            validation: ``(image, label)`` of a held-out validation batch ``(B, C_in, *sp)``, ``(B, 1, *sp)``; the
+                step uses ``test_time_patches`` of them.
+            indices: ``(Z,)`` transform indices to use instead of fresh draws (their weights are then recomputed
+                with re-drawn Gumbel noise, :meth:`~monai_imbalance.augment.TestTimePolicy.weights`).
+            generator: optional ``torch.Generator`` for that re-drawn noise.
+
+        Returns:
+            ``{"test_time_loss": L_TEA, "test_time_skipped": 0.0 or 1.0}``.
+        """
+        assert self.test_time_policy is not None and self.test_time_optimizer is not None
+        policy = self.test_time_policy
+        segmenter = _unwrap(network)
+        image, label = self._test_time_patches(*validation)
+        if indices is None:
+            weights = policy.sample(self.num_test_time_samples)
+        else:
+            weights = policy.weights(indices, generator=generator)
+        chosen = weights.bins[:, 0].tolist()
+
+        def _predict(x: torch.Tensor) -> torch.Tensor:
+            return _logits(segmenter(x), x.ndim)
+
+        was_training = segmenter.training
+        segmenter.eval()
+        losses = []
+        try:
+            with torch.no_grad():
+                for t in chosen:
+                    pred = self._transformed_prediction(_predict, image, [t] * len(image))
+                    mask = self._field_of_view(image, [t] * len(image))
+                    losses.append(foreground_dice_loss(pred.float(), label, mask))
+        finally:
+            segmenter.train(was_training)
+        per_z = torch.stack(losses).to(weights.per_op.dtype)  # (Z,)
+        w = weights.weight.detach().requires_grad_(True)
+        loss = (w * per_z).sum() / w.sum()
+        (grad_w,) = torch.autograd.grad(loss, w)
+        self.test_time_steps += 1
+        self.test_time_optimizer.zero_grad(set_to_none=True)
+        skipped, reason = not bool(torch.isfinite(grad_w).all()), "nonfinite_test_time_loss"
+        if not skipped:
+            policy.accumulate_hypergradient(weights, grad_w, self.baseline, self.normalize)
+            reason = None
+        skipped, reason = self._finish(policy, self.test_time_optimizer, skipped, reason)
+        if skipped:
+            self.test_time_skipped += 1
+            logger.warning(
+                "TEA policy step %d skipped (%s); %d of %d TEA steps skipped so far.",
+                self.test_time_steps,
+                reason,
+                self.test_time_skipped,
+                self.test_time_steps,
+            )
+        if self.test_time_lr_scheduler is not None:
+            self.test_time_lr_scheduler.step()
+        return {"test_time_loss": float(loss.detach()), "test_time_skipped": float(skipped)}
+
+    # -- the trainer's hook --------------------------------------------------------------------------------------
+    def iteration(self, engine: Any, batchdata: Any) -> dict[str, float]:
+        """The steps due at this iteration, before the segmenter step: TRA meta step, then TEA (methods.md 3.6).
+
+        Args:
+            engine: the trainer (``state.iteration``, ``state.epoch``, ``network``, ``optimizer``,
+                ``prepare_batch``, ``state.device``).
+            batchdata: the collated training batch.
+
+        Returns:
+            the values of the steps that ran (empty when none did).
+        """
+        it, epoch = engine.state.iteration, engine.state.epoch
+        run_tra, run_tea = self.is_meta_iteration(it, epoch), self.is_test_time_iteration(it, epoch)
+        if not (run_tra or run_tea):
+            return {}
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        device = engine.state.device
+        val = self.validation_batch()
+        val_image, val_label = engine.prepare_batch(val, device, engine.non_blocking, **engine.to_kwargs)[:2]
+        validation = (_plain(val_image).float(), _plain(val_label))
+        out: dict[str, float] = {}
+        if run_tra:
+            batch = engine.prepare_batch(batchdata, device, engine.non_blocking, **engine.to_kwargs)
+            bins, groups = self._policy_batch(batchdata, _plain(batch[0]).device)
+            engine.network.train()
+            out.update(
+                self.meta_step(
+                    engine.network, engine.optimizer, _plain(batch[0]), _plain(batch[1]), bins, groups, validation
+                )
+            )
+        if run_tea:
+            out.update(self.test_time_step(engine.network, validation))
+        return out
+
+    def broadcast(self) -> None:
+        """Copy rank 0's policies to every rank and refresh the shared table (no-op without a process group)."""
+        if dist.is_available() and dist.is_initialized():
+            with torch.no_grad():
+                for module in (self.policy, self.test_time_policy):
+                    if module is not None:
+                        for tensor in module.parameters():
+                            dist.broadcast(tensor, src=0)
+        if self.shared is not None and self.policy is not None:
+            self.shared.update(self.policy)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Both policies, both optimizers and the counters (tensors, containers, primitives)."""
+        state: dict[str, Any] = {
+            "steps": self.steps,
+            "skipped": self.skipped,
+            "test_time_steps": self.test_time_steps,
+            "test_time_skipped": self.test_time_skipped,
+        }
+        for name in ("policy", "optimizer", "test_time_policy", "test_time_optimizer"):
+            obj = getattr(self, name)
+            if obj is not None:
+                state[name] = obj.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a policy for another pool or grouping raises ``ValueError``).
+
+        Raises:
+            ValueError: a policy in the state that this learner does not have, or the reverse.
+        """
+        for name in ("policy", "optimizer", "test_time_policy", "test_time_optimizer"):
+            obj = getattr(self, name)
+            if (obj is None) != (name not in state):
+                raise ValueError(
+                    f"augmentation_policy state {'has' if obj is None else 'lacks'} '{name}', which this learner "
+                    f"{'does not have' if obj is None else 'has'}."
+                )
+            if obj is not None:
+                obj.load_state_dict(state[name])
+        for name in ("steps", "skipped", "test_time_steps", "test_time_skipped"):
+            setattr(self, name, int(state.get(name, 0)))
+        if self.shared is not None and self.policy is not None:
+            self.shared.update(self.policy)
