@@ -1,7 +1,7 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Ignite handlers for MONAI engines: atomic checkpoints and resume, evaluation reports, logit distributions,
-context-label montages."""
+context-label montages, performance estimation."""
 
 from __future__ import annotations
 
@@ -15,19 +15,24 @@ from .logit_distribution import (
     summarize_margins,
     write_margin_report,
 )
+from .performance_estimation import ESTIMATION_MODES, PerformanceEstimationHandler, format_estimates, write_estimates
 from .segmentation_report import SegmentationReportHandler
 
 __all__ = [
     "BestModelSaver",
     "ContextLabelMontageHandler",
+    "ESTIMATION_MODES",
     "LatestCheckpointSaver",
     "LogitDistributionHandler",
     "LogitMarginSampler",
+    "PerformanceEstimationHandler",
     "ResumeFromLatestCheckpoint",
     "SegmentationReportHandler",
     "atomic_torch_save",
+    "format_estimates",
     "format_margin_summary",
     "logit_margins",
     "summarize_margins",
+    "write_estimates",
     "write_margin_report",
 ]
