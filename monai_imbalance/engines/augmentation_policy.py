@@ -90,6 +90,7 @@ from monai_imbalance.augment import (
     TestTimePolicy,
 )
 
+from .auxiliary_step import finish_auxiliary_step
 from .context_labels import _unwrap
 from .lookahead import LOOKAHEAD_METHODS, functional_forward, lookahead_hypergradient
 
@@ -196,10 +197,6 @@ def _int_setting(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
         raise ValueError(f"augmentation_policy {name} must be an integer >= {minimum}, got {name}={value!r}.")
     return int(value)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 @dataclass
@@ -461,7 +458,7 @@ class AugmentationPolicyLearner:
         skipped, reason = result.skipped, result.reason
         if not skipped:
             self.policy.accumulate_hypergradient(weights, result.grads[0], self.baseline, self.normalize)
-        skipped, reason = self._finish(self.policy, self.optimizer, skipped, reason)
+        skipped, reason = finish_auxiliary_step(self.policy, self.optimizer, skipped, reason, "nonfinite_policy_grad")
         if skipped:
             self.skipped += 1
             logger.warning(
@@ -476,30 +473,6 @@ class AugmentationPolicyLearner:
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         return {"policy_meta_loss": float(result.val_loss), "policy_meta_skipped": float(skipped)}
-
-    def _finish(
-        self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, skipped: bool, reason: str | None
-    ) -> tuple[bool, str | None]:
-        """All-reduce the gradients and the skip decision (DDP), check them, and step or clear the optimizer."""
-        params = [p for p in module.parameters() if p.requires_grad]
-        if _distributed():
-            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-            flags = torch.tensor([float(skipped)], device=flat.device)
-            dist.all_reduce(flat)
-            dist.all_reduce(flags)
-            if float(flags) > 0:
-                skipped, reason = True, reason or "skipped on another rank"
-            else:
-                flat /= dist.get_world_size()
-                for p, g in zip(params, torch.split(flat, [p.numel() for p in params]), strict=True):
-                    p.grad = g.view_as(p).clone()
-        if not skipped and not all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
-            skipped, reason = True, "nonfinite_policy_grad"
-        if skipped:
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            optimizer.step()
-        return skipped, reason
 
     # -- TEA (methods.md 3.5) ------------------------------------------------------------------------------------
     def _validation_transforms(self, batch_size: int) -> list[int] | None:
@@ -593,7 +566,9 @@ class AugmentationPolicyLearner:
         if not skipped:
             policy.accumulate_hypergradient(weights, grad_w, self.baseline, self.normalize)
             reason = None
-        skipped, reason = self._finish(policy, self.test_time_optimizer, skipped, reason)
+        skipped, reason = finish_auxiliary_step(
+            policy, self.test_time_optimizer, skipped, reason, "nonfinite_policy_grad"
+        )
         if skipped:
             self.test_time_skipped += 1
             logger.warning(

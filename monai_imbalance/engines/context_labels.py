@@ -44,6 +44,7 @@ import torch.distributed as dist
 from monai_imbalance.losses import compose_context_target, context_foreground_bce
 from monai_imbalance.networks import check_context_networks
 
+from .auxiliary_step import finish_auxiliary_step
 from .lookahead import apply_hypergradient, functional_forward, lookahead_hypergradient
 
 __all__ = ["ContextLabelLearner", "ContextTargetLoss", "highest_resolution"]
@@ -265,24 +266,11 @@ class ContextLabelLearner:
         self.optimizer.zero_grad(set_to_none=True)
         if not skipped:
             apply_hypergradient([q], result.grads)
-        params = [p for p in self.generator.parameters() if p.requires_grad]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # every rank must take the same decision and the same averaged step
-            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-            flags = torch.tensor([float(skipped)], device=flat.device)
-            dist.all_reduce(flat)
-            dist.all_reduce(flags)
-            if float(flags) > 0:
-                skipped, reason = True, reason or "skipped on another rank"
-            else:
-                flat /= dist.get_world_size()
-                for p, g in zip(params, torch.split(flat, [p.numel() for p in params]), strict=True):
-                    p.grad = g.view_as(p).clone()
-        if not skipped and not all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
-            skipped, reason = True, "nonfinite_generator_grad"
+        skipped, reason = finish_auxiliary_step(
+            self.generator, self.optimizer, skipped, reason, "nonfinite_generator_grad"
+        )
         if skipped:
             self.skipped += 1
-            self.optimizer.zero_grad(set_to_none=True)
             logger.warning(
                 "CoLab meta step %d skipped (%s); %d of %d meta steps skipped so far.",
                 self.steps,
@@ -290,8 +278,6 @@ class ContextLabelLearner:
                 self.skipped,
                 self.steps,
             )
-        else:
-            self.optimizer.step()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         return {"meta_loss": float(result.val_loss), "meta_skipped": float(skipped)}

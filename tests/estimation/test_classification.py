@@ -18,15 +18,6 @@ CS_NAMES = ("ts", "doc", "atc", "ts-atc")
 ALL = [(n, False) for n in ("ac", "ts", "vs", "norcal", "doc", "atc", "ts-atc", "qc")] + [(n, True) for n in CS_NAMES]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small torch evaluations: one thread avoids oversubscription on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def calibrated(n: int, c: int, seed: int, scale: float = 2.0):
     """Logits and labels drawn from softmax(logits): perfectly calibrated."""
     g = torch.Generator().manual_seed(seed)

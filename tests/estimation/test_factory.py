@@ -21,15 +21,6 @@ from monai_imbalance.estimation import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small torch evaluations: one thread avoids oversubscription on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 @pytest.mark.parametrize("name", ESTIMATOR_NAMES)
 def test_every_name_and_combination(name, task):

@@ -13,15 +13,6 @@ import torch
 from monai_imbalance.estimation import QualityRegressionEstimator, prediction_dice, segmentation_quality_features
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small torch evaluations: one thread avoids oversubscription on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cube_logits(size=10, lo=2, hi=7, classes=3, value=4.0):
     z = torch.zeros(classes, size, size, size)
     z[1, lo:hi, lo:hi, lo:hi] = value

@@ -11,15 +11,6 @@ import torch.nn.functional as F
 from monai_imbalance.estimation import SegmentationSetReducer, reduce_segmentation_set
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small torch evaluations: one thread avoids oversubscription on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cases(n=3, size=24, seed=0):
     g = torch.Generator().manual_seed(seed)
     grid = torch.stack(torch.meshgrid(*[torch.arange(size, dtype=torch.float32)] * 3, indexing="ij"))

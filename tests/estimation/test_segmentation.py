@@ -18,15 +18,6 @@ CS_NAMES = ("ts", "doc", "atc", "ts-atc")
 ALL = [(n, False) for n in ("ac", "ts", "vs", "norcal", "doc", "atc", "ts-atc")] + [(n, True) for n in CS_NAMES]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small torch evaluations: one thread avoids oversubscription on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def phantoms(n: int, size: int = 16, classes: int = 3, seed: int = 0, shift: float = 0.0, scale: float = 12.0):
     """3D cases: a ball (class 1) with a smaller ball (class 2) inside, noisy smooth logits, confident far
     background (margin up to ``scale``)."""

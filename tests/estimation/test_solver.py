@@ -15,15 +15,6 @@ TEMP = ScalarSpec(x0=1.0, bounds=(1e-6, None), bracket=(1e-3, 1e3), log_scale=Tr
 THRESH = ScalarSpec(x0=1.0, bounds=(1e-6, None), bracket=(0.0, 1.0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small torch evaluations: one thread avoids oversubscription on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_smooth_monotone_residual():
     for solver in ("nelder-mead", "bisect"):
         x, f = fit_scalar(lambda t: 1 / (1 + t) - 0.2, TEMP, solver)
