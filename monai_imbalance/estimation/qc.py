@@ -88,7 +88,7 @@ def classification_quality_features(logits: torch.Tensor) -> torch.Tensor:
     return torch.stack([top2[:, 0], 1.0 - ent, top2[:, 0] - top2[:, 1]], dim=1)
 
 
-def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> dict[str, list[float]]:
+def ridge_regression(x: torch.Tensor, y: torch.Tensor, ridge: float) -> dict[str, list[float]]:
     """Ridge regression on standardised features, intercept unpenalised: ``{"mean", "std", "coef"}``."""
     n, f = x.shape
     mean = x.mean(0)
@@ -154,7 +154,7 @@ class QualityRegressionEstimator(PerformanceEstimator):
             z, y = check_classification_inputs(logits, labels, self._name())
             x = classification_quality_features(z)
             target = (z.argmax(1) == y).to(torch.float64)
-            self._set_fitted(z.shape[1], {"global": _ridge(x, target, self.ridge)})
+            self._set_fitted(z.shape[1], {"global": ridge_regression(x, target, self.ridge)})
             return self
         name = self._name()
         n = check_cases(logits, labels, name)
@@ -169,12 +169,12 @@ class QualityRegressionEstimator(PerformanceEstimator):
         x, t, m = torch.stack(feats), torch.stack(dice), torch.stack(present)  # (N, C-1, F), (N, C-1), (N, C-1)
         if not bool(m.any()):
             raise ValueError(f"{name}: no foreground class in any validation label: the QC regressor has no target.")
-        pooled = _ridge(x[m], t[m], self.ridge)
+        pooled = ridge_regression(x[m], t[m], self.ridge)
         models, absent = [], []
         for k in range(c - 1):
             rows = m[:, k]
             if bool(rows.any()):
-                models.append(_ridge(x[rows, k], t[rows, k], self.ridge))
+                models.append(ridge_regression(x[rows, k], t[rows, k], self.ridge))
             else:
                 absent.append(k + 1)
                 models.append(pooled)

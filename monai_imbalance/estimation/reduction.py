@@ -205,6 +205,16 @@ class SegmentationSetReducer:
     def __len__(self) -> int:
         return len(self._confusion)
 
+    @property
+    def num_classes(self) -> int | None:
+        """``C`` of the cases added so far (``None`` before the first)."""
+        return self._num_classes
+
+    @property
+    def confusion(self) -> list[torch.Tensor]:
+        """The exact per-case ``(C, C)`` confusion counts (rows: predicted class, columns: true class) added so far."""
+        return list(self._confusion)
+
     def add(self, logits: Any, label: Any) -> None:
         """Add one case: ``(C, *spatial)`` logits and its ``(*spatial)`` or ``(1, *spatial)`` label map."""
         index = len(self._confusion)

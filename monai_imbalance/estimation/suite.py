@@ -35,7 +35,7 @@ import torch
 from .base import PerformanceEstimator
 from .factory import CLASS_SPECIFIC_NAMES, ESTIMATOR_NAMES, create_estimator, load_estimator
 from .inputs import check_segmentation_case
-from .qc import QualityRegressionEstimator, _ridge, segmentation_quality_features
+from .qc import QualityRegressionEstimator, ridge_regression, segmentation_quality_features
 from .reduction import SegmentationSetReducer, dice_from_confusion
 from .segmentation import SegmentationEstimator
 
@@ -160,7 +160,7 @@ class SegmentationFitSet:
     @property
     def num_classes(self) -> int | None:
         """``C`` of the cases added (``None`` before the first)."""
-        return self._reducer._num_classes
+        return self._reducer.num_classes
 
     def add(self, logits: Any, label: Any) -> None:
         """Add one labelled case (checked as the estimators' ``fit`` checks it)."""
@@ -174,7 +174,7 @@ class SegmentationFitSet:
         """``(N, C, C)`` int64 full-resolution confusion counts ``[case, predicted, true]``."""
         if not len(self):
             raise ValueError(f"{self.name}: no labelled case was added.")
-        return torch.stack([c.cpu() for c in self._reducer._confusion])
+        return torch.stack([c.cpu() for c in self._reducer.confusion])
 
     @property
     def true_dice(self) -> torch.Tensor:
@@ -218,12 +218,12 @@ class SegmentationFitSet:
         m = conf.sum(1)[:, 1:] > 0  # class present in the case's label
         if not bool(m.any()):
             raise ValueError(f"{self.name}: no foreground class in any validation label: QC has no target.")
-        pooled = _ridge(x[m], t[m], est.ridge)
+        pooled = ridge_regression(x[m], t[m], est.ridge)
         models, absent = [], []
         for k in range(x.shape[1]):
             rows = m[:, k]
             if bool(rows.any()):
-                models.append(_ridge(x[rows, k], t[rows, k], est.ridge))
+                models.append(ridge_regression(x[rows, k], t[rows, k], est.ridge))
             else:
                 absent.append(k + 1)
                 models.append(pooled)
