@@ -167,12 +167,30 @@ class QualityRegressionEstimator(PerformanceEstimator):
             dice.append(dice_from_confusion(conf)[1:])
             present.append(conf.sum(0)[1:] > 0)
         x, t, m = torch.stack(feats), torch.stack(dice), torch.stack(present)  # (N, C-1, F), (N, C-1), (N, C-1)
-        if not bool(m.any()):
+        return self.fit_features(x, t, m, name=name, stacklevel=3)
+
+    def fit_features(
+        self, x: torch.Tensor, t: torch.Tensor, present: torch.Tensor, name: str | None = None, stacklevel: int = 2
+    ) -> QualityRegressionEstimator:
+        """Fit the segmentation regressors on precomputed features (what :meth:`fit` does after its feature pass).
+
+        Args:
+            x: ``(N, C-1, F)`` per-case, per-foreground-class features (:func:`segmentation_quality_features`).
+            t: ``(N, C-1)`` true Dice of the cases' predictions.
+            present: ``(N, C-1)`` bool, whether the class is in the case's label (only those cases train its regressor).
+            name: the name in errors and warnings (default this estimator's).
+            stacklevel: of the absent-class warning.
+
+        Returns:
+            ``self``: one ridge regressor per foreground class, and a pooled one for classes absent from every case.
+        """
+        name = self._name() if name is None else name
+        if not bool(present.any()):
             raise ValueError(f"{name}: no foreground class in any validation label: the QC regressor has no target.")
-        pooled = ridge_regression(x[m], t[m], self.ridge)
+        pooled = ridge_regression(x[present], t[present], self.ridge)
         models, absent = [], []
-        for k in range(c - 1):
-            rows = m[:, k]
+        for k in range(x.shape[1]):
+            rows = present[:, k]
             if bool(rows.any()):
                 models.append(ridge_regression(x[rows, k], t[rows, k], self.ridge))
             else:
@@ -182,9 +200,9 @@ class QualityRegressionEstimator(PerformanceEstimator):
             warnings.warn(
                 f"{name}: class(es) {absent} absent from the validation labels: the pooled regressor is used.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=stacklevel,
             )
-        self._set_fitted(c, {"per_class": models, "pooled": pooled})
+        self._set_fitted(x.shape[1] + 1, {"per_class": models, "pooled": pooled})
         return self
 
     # ------------------------------------------------------------- estimate

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import torch
 from .base import PerformanceEstimator
 from .factory import CLASS_SPECIFIC_NAMES, ESTIMATOR_NAMES, create_estimator, load_estimator
 from .inputs import check_segmentation_case
-from .qc import QualityRegressionEstimator, ridge_regression, segmentation_quality_features
+from .qc import QualityRegressionEstimator, segmentation_quality_features
 from .reduction import SegmentationSetReducer, dice_from_confusion
 from .segmentation import SegmentationEstimator
 
@@ -216,24 +215,7 @@ class SegmentationFitSet:
         x = torch.stack(self._features)  # (N, C-1, F)
         t = dice_from_confusion(conf)[:, 1:]  # (N, C-1)
         m = conf.sum(1)[:, 1:] > 0  # class present in the case's label
-        if not bool(m.any()):
-            raise ValueError(f"{self.name}: no foreground class in any validation label: QC has no target.")
-        pooled = ridge_regression(x[m], t[m], est.ridge)
-        models, absent = [], []
-        for k in range(x.shape[1]):
-            rows = m[:, k]
-            if bool(rows.any()):
-                models.append(ridge_regression(x[rows, k], t[rows, k], est.ridge))
-            else:
-                absent.append(k + 1)
-                models.append(pooled)
-        if absent:
-            warnings.warn(
-                f"{self.name}: class(es) {absent} absent from the validation labels: QC uses the pooled regressor.",
-                UserWarning,
-                stacklevel=3,
-            )
-        est._set_fitted(int(conf.shape[1]), {"per_class": models, "pooled": pooled})
+        est.fit_features(x, t, m, name=self.name, stacklevel=4)
 
 
 def _labels_dict(labels: Mapping[Any, str] | Sequence[str] | None, num_classes: int) -> dict[int, str]:
