@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--seed", type=int, default=0)
     table.add_argument("--split", default="test", help="evaluation split (default: test)")
     table.add_argument("--class_index", type=int, default=None, help="class to report (default: the rarest)")
+    table.add_argument("--jobs", type=int, default=1, help="cells trained at the same time (e.g. on a large GPU)")
+    table.add_argument("--collect", action="store_true", help="train nothing; tabulate the cells finished so far")
     args = parser.parse_args(argv)
 
     bundle = Path(args.bundle)
@@ -43,8 +45,21 @@ def main(argv: list[str] | None = None) -> int:
         variants = [VANILLA, *sorted(p.stem for p in (bundle / "configs" / "variants").glob("*.json"))]
     out = Path(args.out) if args.out else bundle / "eval" / "table"
     try:
-        print(run_table(bundle, variants, args.fractions, out, args.seed, args.split, args.class_index, overrides))
-    except (FileNotFoundError, RuntimeError) as e:
+        print(
+            run_table(
+                bundle,
+                variants,
+                args.fractions,
+                out,
+                args.seed,
+                args.split,
+                args.class_index,
+                overrides,
+                jobs=args.jobs,
+                collect_only=args.collect,
+            )
+        )
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out / 'results.md'} and {out / 'results.csv'}")

@@ -15,8 +15,10 @@ written atomically last); an interrupted training resumes from its ``latest.pt``
 ETA, and writes ``results.csv`` (one row per cell) and ``results.md`` (one row per variant, per fraction the four
 metrics, the best value of each column in bold).
 
-Each cell is a separate process, so memory is returned between cells and a crash loses one cell only; logs are in
-the cell folder (``train.log``, ``evaluate.log``).
+Each cell is a separate process, so memory is returned between cells and a crash loses one cell only (the others
+still run; the failures are listed at the end); logs are in the cell folder (``train.log``, ``evaluate.log``).
+``jobs > 1`` trains several cells at once (a large GPU runs many CPU-sized cells side by side), and
+``collect_only`` writes the table of the cells finished so far without training.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -215,23 +219,85 @@ def run_table(
     split: str = "test",
     class_index: int | None = None,
     overrides: Sequence[str] = (),
+    jobs: int = 1,
+    collect_only: bool = False,
 ) -> str:
-    """Run every (variant, fraction) cell not finished yet, then write and return the table (see module doc)."""
+    """Run every (variant, fraction) cell not finished yet, then write and return the table (see module doc).
+
+    Args:
+        bundle, variants, fractions, out, seed, split, class_index, overrides: as in :func:`run_cell`.
+        jobs: cells trained at the same time (each its own process; useful on a GPU with spare memory and CPU
+            cores for the loaders). Cells start in table order.
+        collect_only: train nothing; write the table of the cells finished so far (missing cells show ``-``).
+
+    A failed cell does not stop the others: every runnable cell is run, the table of the finished ones is
+    written, then a ``RuntimeError`` names each failed cell and its log.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}.")
     bundle = Path(bundle)
     for v in variants:
         _config_files(bundle, v)  # fail before the first cell on a misspelt variant
     cells = [(v, float(f)) for f in fractions for v in variants]
-    results, durations = [], []
+    todo = [c for c in cells if not (cell_dir(out, *c) / "result.json").is_file()]
+    failures: dict[tuple[str, float], str] = {}
+    if not collect_only:
+        failures = _run_cells(bundle, cells, todo, out, jobs, (seed, split, class_index, overrides))
+    results = [
+        json.loads((cell_dir(out, *c) / "result.json").read_text())
+        for c in cells
+        if (cell_dir(out, *c) / "result.json").is_file()
+    ]
+    table = write_results(out, results, list(variants), [float(f) for f in fractions])
+    if failures:
+        lines = [f"{v} @ {f:g}: {msg.splitlines()[0]}" for (v, f), msg in failures.items()]
+        raise RuntimeError(
+            f"{len(failures)} of {len(cells)} cells failed (table of the others written):\n" + "\n".join(lines)
+        )
+    return table
+
+
+def _run_cells(
+    bundle: Path,
+    cells: list[tuple[str, float]],
+    todo: list[tuple[str, float]],
+    out: str | os.PathLike,
+    jobs: int,
+    settings: tuple[int, str, int | None, Sequence[str]],
+) -> dict[tuple[str, float], str]:
+    """Run the ``todo`` cells, ``jobs`` at a time, printing progress; return ``{cell: error message}``."""
     for k, (variant, fraction) in enumerate(cells, start=1):
-        done = (cell_dir(out, variant, fraction) / "result.json").is_file()
-        remaining = sum(1 for v, f in cells[k - 1 :] if not (cell_dir(out, v, f) / "result.json").is_file())
-        eta = f", ETA {_duration(remaining * sum(durations) / len(durations))}" if durations else ""
-        print(f"cell {k}/{len(cells)}: {variant} @ {fraction:g}{' (done)' if done else ''}{eta}", flush=True)
+        if (variant, fraction) not in todo:
+            print(f"cell {k}/{len(cells)}: {variant} @ {fraction:g} (done)", flush=True)
+    lock = threading.Lock()
+    durations: list[float] = []
+    failures: dict[tuple[str, float], str] = {}
+    finished = [0]
+
+    def one(cell: tuple[str, float]) -> None:
+        k = cells.index(cell) + 1
+        with lock:
+            left = len(todo) - finished[0]
+            eta = f", ETA {_duration(left * sum(durations) / len(durations) / jobs)}" if durations else ""
+            print(f"cell {k}/{len(cells)}: {cell[0]} @ {cell[1]:g}{eta}", flush=True)
         start = time.time()
-        results.append(run_cell(bundle, variant, fraction, out, seed, split, class_index, overrides))
-        if not done:
+        try:
+            run_cell(bundle, cell[0], cell[1], out, *settings)
+        except (RuntimeError, OSError, ValueError) as e:
+            with lock:
+                failures[cell] = str(e)
+                print(f"cell {k}/{len(cells)}: {cell[0]} @ {cell[1]:g} FAILED: {str(e).splitlines()[0]}", flush=True)
+        with lock:
             durations.append(time.time() - start)
-    return write_results(out, results, list(variants), [float(f) for f in fractions])
+            finished[0] += 1
+
+    if jobs == 1:
+        for cell in todo:
+            one(cell)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(one, todo))
+    return {c: failures[c] for c in todo if c in failures}
 
 
 def _duration(seconds: float) -> str:

@@ -74,3 +74,35 @@ def test_table_end_to_end_and_resume(tmp_path, capsys):
     assert "(done)" in capsys.readouterr().out
     assert json.loads((cell_dir(out, "vanilla", 0.5) / "result.json").read_text()) == before
     assert not math.isnan(before["dice_mean"])
+
+
+def test_parallel_cells_failure_and_collect(tmp_path, monkeypatch, capsys):
+    """jobs=2 runs every cell once; a failed cell neither stops the others nor the table; --collect trains nothing."""
+    import monai_imbalance.experiments.table as table_module
+
+    calls = []
+
+    def fake_run_cell(bundle, variant, fraction, out, seed, split, class_index, overrides):
+        calls.append((variant, fraction))
+        if variant == "ce" and fraction == 0.5:
+            raise RuntimeError("command failed (exit 1), log 'x/train.log':\nboom")
+        folder = cell_dir(out, variant, fraction)
+        folder.mkdir(parents=True, exist_ok=True)
+        result = _result(variant, fraction, 0.6 if variant == "ce" else 0.4)
+        (folder / "result.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(table_module, "run_cell", fake_run_cell)
+    out = tmp_path / "table"
+    with pytest.raises(RuntimeError, match=r"1 of 4 cells failed[\s\S]*ce @ 0.5: command failed"):
+        run_table(BUNDLE, ["vanilla", "ce"], [0.1, 0.5], out, jobs=2)
+    assert sorted(calls) == sorted([("vanilla", 0.1), ("ce", 0.1), ("vanilla", 0.5), ("ce", 0.5)])
+    rows = (out / "results.md").read_text().splitlines()
+    assert rows[3].startswith("| ce | **60.0** |") and rows[3].split(" | ")[5] == "-"  # ce @ 0.5 missing
+    assert "FAILED" in capsys.readouterr().out
+
+    calls.clear()
+    table = run_table(BUNDLE, ["vanilla", "ce"], [0.1, 0.5], out, collect_only=True)
+    assert calls == [] and "| vanilla | 40.0 |" in table
+    with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
+        run_table(BUNDLE, ["vanilla"], [0.1], out, jobs=0)
