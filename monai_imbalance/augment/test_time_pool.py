@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from ..utils import index_by_name
 from .ops import (
     affine_resample,
     brightness_add,
@@ -213,14 +214,7 @@ class TestTimeTransformPool:
         Raises:
             ValueError: unknown name or position out of range.
         """
-        if isinstance(transform, str):
-            if transform not in self.names:
-                raise ValueError(f"test-time transform {transform!r} is not in this pool.")
-            return self.names.index(transform)
-        i = int(transform)
-        if not 0 <= i < len(self.transforms):
-            raise ValueError(f"test-time transform index {transform} out of range [0, {len(self.transforms)}).")
-        return i
+        return index_by_name(self.names, transform, "test-time transform")
 
     def __getitem__(self, transform: str | int) -> TestTimeTransform:
         return self.transforms[self.index(transform)]

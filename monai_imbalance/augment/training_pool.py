@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils import index_by_name
 from .ops import (
     affine_resample,
     brightness_add,
@@ -199,14 +200,7 @@ class TrainingTransformPool:
         Raises:
             ValueError: unknown name or position out of range.
         """
-        if isinstance(op, str):
-            if op not in self.op_names:
-                raise ValueError(f"op {op!r} is not in this pool {list(self.op_names)}.")
-            return self.op_names.index(op)
-        i = int(op)
-        if not 0 <= i < len(self.ops):
-            raise ValueError(f"op index {op} out of range [0, {len(self.ops)}).")
-        return i
+        return index_by_name(self.op_names, op, "op")
 
     def describe(self) -> dict[str, Any]:
         """The pool's identity: ``{"name": ..., "ops": [{"name", "bins": [labels]}]}`` (JSON-ready)."""
