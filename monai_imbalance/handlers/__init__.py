@@ -1,7 +1,7 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Ignite handlers for MONAI engines: atomic checkpoints and resume, evaluation reports, logit distributions,
-context-label montages, performance estimation."""
+context-label montages, augmentation-policy plots, performance estimation."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .logit_distribution import (
     write_margin_report,
 )
 from .performance_estimation import ESTIMATION_MODES, PerformanceEstimationHandler, format_estimates, write_estimates
+from .policy_plot import PolicyPlotHandler
 from .segmentation_report import SegmentationReportHandler
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "LogitDistributionHandler",
     "LogitMarginSampler",
     "PerformanceEstimationHandler",
+    "PolicyPlotHandler",
     "ResumeFromLatestCheckpoint",
     "SegmentationReportHandler",
     "atomic_torch_save",

@@ -1,0 +1,365 @@
+# Copyright (c) monai-imbalance contributors
+# Licensed under the Apache License, Version 2.0 (the "License").
+"""The ``learned_augmentation_segmentation`` bundle (JCSAugment, Li et al., IEEE TMI 2023) through ``ConfigWorkflow``.
+
+Tiny phantoms (32^3), a tiny DynUNet and 16^3 patches. The default ``train.json`` is the joint method (class-specific
+TRA + learned TEA); it is trained once for two tiny epochs, then resumed, evaluated and used for inference. Every
+variant is built from its config and its objects checked (policy groups, probabilities, learner, TTA); ``none`` and
+``learned`` are also trained end to end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.inferers import SlidingWindowInferer
+
+from monai_imbalance.augment import (
+    NNUNET_MIRRORING,
+    AugmentationPolicy,
+    LearnedTTAInferer,
+    TestTimePolicy,
+    TrainingTransformPool,
+    load_policy,
+)
+from monai_imbalance.data import make_phantom_dataset
+from monai_imbalance.engines import AugmentationPolicyLearner, RegularisedSupervisedTrainer
+from monai_imbalance.handlers import PolicyPlotHandler
+from monai_imbalance.transforms import PolicyAugmentd
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "learned_augmentation_segmentation"
+CONFIGS = BUNDLE / "configs"
+VARIANTS = sorted(p.stem for p in (CONFIGS / "variants").glob("*.json"))
+ISSUE_VARIANTS = {
+    "none", "heuristic", "randaugment", "learned", "learned_class_specific", "learned_class_specific_heuristic_tta",
+    "learned_class_specific_learned_tta", "joint",
+}  # fmt: skip
+BG_FG = ("background", "foreground")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), num_training=4, num_validation=2, seed=3)
+
+
+def _workflow(config_files, dataset, bundle_root, tiny, workflow_type="train", **override):
+    files = [str(CONFIGS / f) for f in config_files]
+    return ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        dataset_dir=str(dataset),
+        bundle_root=str(bundle_root),
+        **{**tiny, **override},
+    )
+
+
+def _run(wf):
+    wf.initialize()
+    assert not wf.check_properties()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def _parser(config_files, dataset, bundle_root, **override):
+    """The merged config, parsed lazily (objects are built on ``get_parsed_content``)."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in config_files])
+    parser.update({"dataset_dir": str(dataset), "bundle_root": str(bundle_root), "cache_rate": 0.0, **override})
+    return parser
+
+
+def _copy_models(src: Path, dst: Path, names) -> None:
+    (dst / "models").mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(src / "models" / name, dst / "models" / name)
+
+
+def _inference(bundle_root, dataset, output_dir, tiny):
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="inference",
+        bundle_root=str(bundle_root),
+        dataset_dir=str(dataset),
+        output_dir=str(output_dir),
+        patch_size=tiny["patch_size"],
+        filters=tiny["filters"],
+        **{"dataloader#num_workers": 0},
+    )
+    return wf
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory, tiny_overrides):
+    root = tmp_path_factory.mktemp("bundle")
+    wf = _run(_workflow(["train.json"], dataset, root, tiny_overrides))
+    return root, wf
+
+
+def test_variants_are_the_issue_list():
+    assert set(VARIANTS) == ISSUE_VARIANTS | {"vanilla"}
+    for name in VARIANTS:
+        content = json.loads((CONFIGS / "variants" / f"{name}.json").read_text())
+        assert "train" not in content and "validate" not in content, name  # deltas only, never whole sections
+    # the experiment table's default "vanilla" row is the un-augmented baseline, not a second copy of train.json
+    assert (CONFIGS / "variants" / "vanilla.json").read_text() == (CONFIGS / "variants" / "none.json").read_text()
+
+
+def test_joint_training_learns_both_policies_and_saves_them(trained):
+    root, wf = trained
+    learner = wf.trainer.augmentation_policy
+    assert isinstance(learner, AugmentationPolicyLearner) and learner.augment_validation  # TRA sees TEA (joint)
+    assert (learner.steps, learner.skipped, learner.test_time_steps, learner.test_time_skipped) == (4, 0, 4, 0)
+    policy, tea = learner.policy, learner.test_time_policy
+    assert policy.group_names == BG_FG and policy.groups["background"] == (0,)
+    # the policy moved away from its nnU-Net-like initialisation, and the loader workers' table follows it
+    assert not torch.allclose(policy.probability_matrix(), AugmentationPolicy(init="nnunet").probability_matrix())
+    shared = wf.parser.get_parsed_content("shared_policy")
+    for g in range(2):
+        np.testing.assert_allclose(shared.read(g), policy.probability_matrix()[g].numpy(), atol=1e-7)
+
+    latest = torch.load(root / "models" / "latest.pt", map_location="cpu", weights_only=True)
+    for key in ("policy", "policy_optimizer", "test_time_policy", "test_time_optimizer", "policy_history"):
+        assert key in latest, key
+    assert all(int(s["step"]) == 4 for s in latest["policy_optimizer"]["state"].values())  # 4 TRA updates
+    assert all(int(s["step"]) == 4 for s in latest["test_time_optimizer"]["state"].values())  # 4 TEA updates
+    for name, module in (("policy", policy), ("test_time_policy", tea)):
+        for k, v in module.state_dict().items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(latest[name][k], v.cpu()), (name, k)
+        # the readable files next to the checkpoint hold the same probabilities
+        loaded = load_policy(root / "models" / name)
+        desc = json.loads((root / "models" / f"{name}.json").read_text())
+        if name == "policy":
+            assert set(desc["probabilities"]) == set(BG_FG)
+            torch.testing.assert_close(loaded.probability_matrix(), policy.probability_matrix())
+            p_scale = desc["probabilities"]["foreground"]["scale"]["identity"]
+            assert math.isclose(p_scale, float(policy.probabilities()["foreground"]["scale"][0]), abs_tol=1e-6)
+        else:
+            assert desc["type"] == "TestTimePolicy" and len(desc["probabilities"]) == 84
+            torch.testing.assert_close(loaded.probabilities(), tea.probabilities().cpu())
+
+    history = latest["policy_history"]
+    assert history["epochs"] == [1, 2]
+    np.testing.assert_allclose(  # the last record of the plot handler is the policy at the end of training
+        history["training"]["foreground"]["gamma"][-1], policy.probabilities()["foreground"]["gamma"].cpu(), rtol=1e-6
+    )
+    pngs = sorted((root / "eval" / "policy").glob("*.png"))
+    assert [p.name for p in pngs] == ["policy_epoch0001.png", "policy_epoch0002.png"] and pngs[-1].stat().st_size > 0
+    assert 0.0 <= wf.trainer.state.metrics["train_mean_dice"] <= 1.0
+
+
+def test_resume_restores_the_policies(trained, dataset, tiny_overrides, tmp_path):
+    root, _ = trained
+    _copy_models(root, tmp_path, ["latest.pt", "model.pt"])
+    saved = torch.load(tmp_path / "models" / "latest.pt", map_location="cpu", weights_only=True)
+    wf = _workflow(["train.json"], dataset, tmp_path, tiny_overrides, resume=True)
+    wf.initialize()
+    wf.run()  # already at epoch 2: restores and stops
+    assert wf.trainer.state.epoch == 2
+    learner = wf.trainer.augmentation_policy
+    for name, module in (("policy", learner.policy), ("test_time_policy", learner.test_time_policy)):
+        for k, v in module.state_dict().items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v.cpu(), saved[name][k]), (name, k)
+    shared = wf.parser.get_parsed_content("shared_policy")  # what the loader workers sample from
+    np.testing.assert_allclose(shared.read(1), learner.policy.probability_matrix()[1].numpy(), atol=1e-7)
+    assert learner.optimizer.state_dict()["state"][0]["step"] == saved["policy_optimizer"]["state"][0]["step"]
+    assert wf.parser.get_parsed_content("train#handlers#4").epochs == [1, 2]  # the curves continue
+
+
+def test_a_policy_for_another_grouping_or_pool_is_refused(trained, dataset, tiny_overrides, tmp_path):
+    root, _ = trained
+    with pytest.raises(ValueError, match="group"):
+        load_policy(root / "models" / "policy", AugmentationPolicy(groups={"all": None}))
+    with pytest.raises(ValueError, match="op"):
+        load_policy(root / "models" / "policy", AugmentationPolicy(TrainingTransformPool(["scale", "gamma"])))
+    # resuming the class-agnostic variant from the class-specific checkpoint fails before any step, naming the groups
+    _copy_models(root, tmp_path, ["latest.pt"])
+    wf = _workflow(["train.json", "variants/learned.json"], dataset, tmp_path, tiny_overrides, resume=True, epochs=3)
+    wf.initialize()
+    with pytest.raises(RuntimeError) as err:  # MONAI wraps the error of a config expression
+        wf.run()
+    assert isinstance(_cause(err.value), ValueError) and "2 class group(s)" in str(_cause(err.value))
+    assert wf.trainer.state.iteration == 0  # refused before any step
+    # a training-time policy file where inference expects the test-time one
+    bad = tmp_path / "bad"
+    _copy_models(root, bad, ["model.pt"])
+    for ext in (".pt", ".json"):
+        shutil.copy(root / "models" / f"policy{ext}", bad / "models" / f"test_time_policy{ext}")
+    wf = _inference(bad, dataset, tmp_path / "out", tiny_overrides)
+    with pytest.raises(RuntimeError) as err:
+        wf.parser.get_parsed_content("inferer")
+    assert isinstance(_cause(err.value), ValueError) and "not a TestTimePolicy" in str(_cause(err.value))
+
+
+def _cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def _labels(path: Path) -> set[int]:
+    return set(np.unique(np.asarray(nib.load(path).dataobj)).astype(int).tolist())
+
+
+def test_inference_uses_the_learned_tta_when_a_policy_file_is_there(trained, dataset, tiny_overrides, tmp_path):
+    root, wf_train = trained
+    tea = wf_train.trainer.augmentation_policy.test_time_policy
+    for with_policy in (True, False):
+        bundle = tmp_path / ("with" if with_policy else "without")
+        _copy_models(root, bundle, ["model.pt"] + (["test_time_policy.pt", "test_time_policy.json"] * with_policy))
+        wf = _run(_inference(bundle, dataset, bundle / "out", tiny_overrides))
+        inferer = wf.parser.get_parsed_content("inferer")
+        if with_policy:
+            assert isinstance(inferer, LearnedTTAInferer)
+            indices, weights = tea.top_k(8)
+            assert inferer.indices == indices
+            np.testing.assert_allclose(inferer.weights, weights.cpu().numpy(), rtol=1e-6)
+        else:
+            assert isinstance(inferer, SlidingWindowInferer) and not isinstance(inferer, LearnedTTAInferer)
+        outputs = sorted((bundle / "out").glob("*_seg.nii.gz"))
+        assert len(outputs) == 2
+        for out in outputs:
+            assert nib.load(out).shape[:3] == (32, 32, 32) and _labels(out) <= {0, 1}
+
+
+def test_evaluate_with_learned_tta_writes_the_report(trained, dataset, tiny_overrides):
+    root, _ = trained
+    wf = _run(_workflow(["train.json", "evaluate.json"], dataset, root, tiny_overrides, save_predictions=True))
+    assert isinstance(wf.parser.get_parsed_content("validate#inferer"), LearnedTTAInferer)
+    with open(root / "eval" / "metrics_per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({r["split"] for r in rows}) == ["external", "test"] and {r["class_index"] for r in rows} == {"1"}
+    predictions = sorted((root / "eval" / "predictions").glob("*_seg.nii.gz"))
+    assert len(predictions) == 3 and all(_labels(p) <= {0, 1} for p in predictions)
+
+
+def test_evaluate_with_learned_tta_and_no_policy_file_fails(dataset, tiny_overrides, tmp_path):
+    wf = _workflow(["train.json", "evaluate.json"], dataset, tmp_path, tiny_overrides)
+    wf.initialize()
+    with pytest.raises(RuntimeError) as err:
+        wf.run()
+    assert isinstance(_cause(err.value), FileNotFoundError) and "test_time_policy.pt" in str(_cause(err.value))
+    assert not (tmp_path / "eval" / "metrics_per_case.csv").exists()  # failed before evaluating without the TTA
+
+
+@pytest.mark.parametrize(
+    "variant, expected",
+    [
+        ("none", None),
+        ("heuristic", None),
+        ("randaugment", None),
+        ("learned", None),
+        ("learned_class_specific", None),
+        ("learned_class_specific_heuristic_tta", NNUNET_MIRRORING),
+        ("learned_class_specific_learned_tta", "learned"),
+        ("joint", "learned"),
+    ],
+)
+def test_evaluation_tta_of_each_variant(variant, expected, dataset, tmp_path):
+    files = ["train.json", f"variants/{variant}.json", "evaluate.json"]
+    if expected == "learned":  # a saved test-time policy for the learned TTA
+        probs = [0.3, 0.2, 0.12, 0.1, 0.05, 0.04, 0.03, 0.06]  # the other 76 transforms share 0.1
+        policy = TestTimePolicy(init=dict(zip(TestTimePolicy().pool.names[:8], probs, strict=True)))
+        PolicyPlotHandler(None, tmp_path, policy).save_policies(tmp_path / "models")
+    inferer = _parser(files, dataset, tmp_path, patch_size=[16, 16, 16]).get_parsed_content("validate#inferer")
+    if expected is None:
+        assert isinstance(inferer, SlidingWindowInferer)
+    elif expected == "learned":
+        assert isinstance(inferer, LearnedTTAInferer) and inferer.indices == [0, 1, 2, 3, 7, 4, 5, 6]
+        np.testing.assert_allclose(inferer.weights, np.sort(probs)[::-1] / sum(probs), rtol=1e-5)  # renormalised top 8
+        assert isinstance(inferer.inferer, SlidingWindowInferer)
+    else:
+        assert isinstance(inferer, LearnedTTAInferer) and inferer.transform_names == list(expected)
+        assert inferer.weights == [1.0 / 8] * 8
+
+
+def _policy_augment(parser) -> list[PolicyAugmentd]:
+    return [t for t in parser.get_parsed_content("train#random_transforms") if isinstance(t, PolicyAugmentd)]
+
+
+@pytest.mark.parametrize("variant", sorted(ISSUE_VARIANTS))
+def test_variant_builds_what_its_name_says(variant, dataset, tmp_path):
+    parser = _parser(["train.json", f"variants/{variant}.json"], dataset, tmp_path, patch_size=[16, 16, 16])
+    policy = parser.get_parsed_content("policy")
+    learner_config = parser.get_parsed_content("train#trainer#augmentation_policy")
+    tta = parser.get_parsed_content("tta")
+    if variant == "none":
+        assert policy is None and parser.get_parsed_content("shared_policy") is None and learner_config is None
+        assert _policy_augment(parser) == [] and parser.get_parsed_content("crop_size") == [16, 16, 16]
+        assert tta == "none"
+        return
+    augment = _policy_augment(parser)
+    assert len(augment) == 1 and augment[0].probabilities is parser.get_parsed_content("shared_policy")
+    assert augment[0].spatial_size == (16, 16, 16) and parser.get_parsed_content("crop_size") == [20, 20, 20]
+    np.testing.assert_allclose(augment[0].probabilities.read(0), policy.probability_matrix()[0].numpy(), atol=1e-7)
+    if variant in ("heuristic", "randaugment"):
+        assert learner_config is None and tta == "none" and policy.group_names == ("all",)
+        probs = {op: p.cpu() for op, p in policy.probabilities()["all"].items()}
+        if variant == "heuristic":  # the nnU-Net-like preset (the authors' --org 2), fixed
+            expected = AugmentationPolicy(groups={"all": None}, init=2).probabilities()["all"]
+            for op in probs:
+                torch.testing.assert_close(probs[op], expected[op])
+            assert math.isclose(1 - float(probs["mirror_x"][0]), 0.5, rel_tol=1e-5)
+        else:  # N = 2 operations on average, each at magnitude level M = 2 only
+            level = {"scale": [3], "blur_sharpen": [2, 5]}  # scale bins: 0.05 0.15 *0.25* 0.35 0.45
+            for op, p in probs.items():
+                nonzero = torch.nonzero(p[1:])[:, 0].add(1).tolist()
+                assert nonzero == ([1] if op.startswith("mirror") else level.get(op, [2])), op
+                assert math.isclose(1 - float(p[0]), 2 / 15, rel_tol=1e-5)
+            assert math.isclose(sum(1 - float(p[0]) for p in probs.values()), 2.0, rel_tol=1e-5)
+        return
+    learner = learner_config
+    assert isinstance(learner, AugmentationPolicyLearner) and learner.policy is policy
+    assert learner.optimizer.defaults["lr"] == 5e-4 and learner.validation_loss == "ce_dice"
+    held_out = parser.get_parsed_content("meta_validation#datalist")
+    training = parser.get_parsed_content("train#datalist")
+    assert len(held_out) == 1 and len(training) == 3  # 20 % of the 4 training cases held out for the meta steps
+    assert not {d["image"] for d in held_out} & {d["image"] for d in training}
+    expected_groups = ("all",) if variant == "learned" else BG_FG
+    assert policy.group_names == expected_groups
+    if variant in ("learned", "learned_class_specific", "learned_class_specific_heuristic_tta"):
+        assert learner.test_time_policy is None
+        assert tta == ("mirroring" if variant.endswith("heuristic_tta") else "none")
+    else:
+        assert isinstance(learner.test_time_policy, TestTimePolicy) and tta == "learned"
+        if variant == "joint":  # TEA from the start, coupled with TRA, the joint learning rate
+            assert learner.augment_validation and learner.test_time_warmup_epochs == 0
+            assert learner.test_time_optimizer.defaults["lr"] == 5e-5
+        else:  # TEA in the last 10 epochs, on the TRA-trained model, the TEA-only learning rate
+            assert not learner.augment_validation and learner.test_time_warmup_epochs == 30 - 10
+            assert learner.test_time_optimizer.defaults["lr"] == 5e-3
+
+
+@pytest.mark.parametrize("variant", ["none", "learned"])
+def test_variant_trains_end_to_end(variant, dataset, tmp_path, tiny_overrides):
+    wf = _run(_workflow(["train.json", f"variants/{variant}.json"], dataset, tmp_path, tiny_overrides, epochs=1))
+    trainer = wf.trainer
+    assert isinstance(trainer, RegularisedSupervisedTrainer) and np.isfinite(float(trainer.state.output[0]["loss"]))
+    models = sorted(p.name for p in (tmp_path / "models").iterdir())
+    if variant == "none":
+        assert trainer.augmentation_policy is None and models == ["latest.pt", "model.pt"]
+        batch = trainer.state.batch  # decollated: one dict per patch
+        assert all(item["image"].shape[1:] == (16, 16, 16) and "policy_bins" not in item for item in batch)
+    else:
+        learner = trainer.augmentation_policy
+        assert learner.steps == 2 and learner.skipped == 0 and learner.test_time_policy is None
+        assert models == ["latest.pt", "model.pt", "policy.json", "policy.pt"]
+        batch = trainer.state.batch  # decollated: one dict per patch, each with the bins its worker drew
+        assert len(batch) == 2 and all(item["policy_bins"].shape == (15,) for item in batch)  # last: 1 case x 2
+        assert {int(item["policy_group"]) for item in batch} == {0}
+        assert list(json.loads((tmp_path / "models" / "policy.json").read_text())["probabilities"]) == ["all"]
