@@ -148,6 +148,49 @@ class SegmentationReport:
             )
         return metrics
 
+    def add_rows(self, rows: Sequence[Mapping[str, Any]], hd95_unit: str) -> None:
+        """Add rows computed by another report, e.g. the :attr:`rows` of the other ranks of a distributed evaluation.
+
+        Nothing is added when a row is invalid.
+
+        Args:
+            rows: dicts with the keys :data:`CASE_COLUMNS` (others are ignored), all the rows of each case.
+            hd95_unit: ``"mm"`` or ``"voxels"``, the unit of the rows' ``hd95`` (the source report's
+                :attr:`hd95_unit`).
+
+        Raises:
+            ValueError: when ``hd95_unit`` is neither ``"mm"`` nor ``"voxels"`` or differs from the unit of the
+                report's rows, when a row lacks a column or names a class (index and name) that this report does not
+                evaluate, or when a case is already in its split.
+        """
+        if hd95_unit not in ("mm", "voxels"):
+            raise ValueError(f"hd95_unit must be 'mm' or 'voxels', got {hd95_unit!r}.")
+        rows = [dict(r) for r in rows]
+        if not rows:
+            return
+        if self._rows and self._hd95_unit != hd95_unit:
+            raise ValueError(f"rows have HD95 in {hd95_unit} but the report's rows in {self._hd95_unit}.")
+        classes = {c: self.class_names[c] for c in self._classes()}
+        new_cases = set()
+        for row in rows:
+            missing = [c for c in CASE_COLUMNS if c not in row]
+            if missing:
+                raise ValueError(f"row {row} lacks the column(s) {missing}.")
+            key = (str(row["split"]), str(row["case"]))
+            if key in self._cases:
+                raise ValueError(f"case {key[1]!r} is already in split {key[0]!r} of the report.")
+            if classes.get(row["class_index"]) != row["class"]:
+                raise ValueError(
+                    f"row of case {key[1]!r} has class {row['class_index']!r} ({row['class']!r}); the report evaluates "
+                    f"{classes}."
+                )
+            new_cases.add(key)
+        self._hd95_unit = hd95_unit
+        self._cases |= new_cases
+        self._rows.extend(
+            {**{c: row[c] for c in CASE_COLUMNS}, "case": str(row["case"]), "split": str(row["split"])} for row in rows
+        )
+
     @property
     def rows(self) -> list[dict[str, Any]]:
         """One dict per (case, class) with the keys :data:`CASE_COLUMNS`, in insertion order (copies)."""

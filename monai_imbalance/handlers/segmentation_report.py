@@ -16,13 +16,19 @@ Markdown files are rewritten at the end of each run. In a bundle's ``evaluate.js
 
 The evaluator's postprocessing must make ``pred`` discrete (``AsDiscreted(keys="pred", argmax=True)``, optionally
 ``to_onehot``) on the same grid as ``label``.
+
+Distributed evaluation (``torchrun``, a bundle's ``multi_gpu_evaluate.json``): every rank evaluates its shard of the
+cases (``monai.data.DistributedSampler(even_divisible=False, shuffle=False)``) and attaches the handler; at the end of
+the run the ranks exchange their rows (``torch.distributed.all_gather_object``), so every rank's report holds every
+case exactly once, in the single-process order, and rank 0 alone logs and saves the tables.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from monai.data import MetaTensor, decollate_batch
@@ -53,8 +59,10 @@ class SegmentationReportHandler:
     (decollated here), and adds each case with its ``pred`` (``(1, *spatial)`` label map or ``(C, *spatial)``
     one-hot), its ``label``, the voxel spacing of the label's MetaTensor (``pixdim``; the prediction's when the
     label has none) and the case id from the label's ``filename_or_obj`` (file name without extension, e.g.
-    ``liver_3``; ``<split>_<k>`` when there is none); on ``COMPLETED`` it logs the Markdown table of the run's
-    split(s) with ``engine.logger`` and, when the report has an ``output_dir``, saves the report.
+    ``liver_3``; ``<split>_<k>``, or ``<split>_rank<r>_<k>`` under distributed evaluation, when there is none); on
+    ``COMPLETED`` it gathers the rows of all ranks (distributed evaluation, see the module docstring), logs the
+    Markdown table of the run's split(s) with ``engine.logger`` and, when the report has an ``output_dir``, saves
+    the report (rank 0 only).
 
     Args:
         report: the report to fill; share one between the handlers of several evaluators.
@@ -66,10 +74,10 @@ class SegmentationReportHandler:
         log_table: whether to log the Markdown table on ``COMPLETED``.
         save: whether to call ``report.save()`` on ``COMPLETED`` when ``report.output_dir`` is set.
         split_key: key of a case's split when ``split`` is ``None``.
-
-    Note:
-        Under distributed evaluation every rank sees only its shard of the cases, and rows are not gathered
-        across ranks; run the evaluation on one process (a warning is issued otherwise).
+        gather: under ``torch.distributed`` with several ranks, gather every rank's rows of the run on
+            ``COMPLETED`` (a collective: every rank must attach the handler and run the evaluator); rank 0 then
+            logs and saves the complete tables. ``False`` leaves each rank's report with its own shard (a warning
+            is issued) and rank 0 saves its shard.
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class SegmentationReportHandler:
         log_table: bool = True,
         save: bool = True,
         split_key: str = "split",
+        gather: bool = True,
     ) -> None:
         if not isinstance(report, SegmentationReport):
             raise TypeError(f"report must be a SegmentationReport, got {type(report).__name__}.")
@@ -91,6 +100,7 @@ class SegmentationReportHandler:
         self.log_table = log_table
         self.save = save
         self.split_key = split_key
+        self.gather = bool(gather)
         self._count = 0
         self._splits: list[str] = []  # the splits filled by the current (or last) run, in order
 
@@ -111,10 +121,10 @@ class SegmentationReportHandler:
             self.report.reset(split=split)
         self._splits = []
         self._count = 0
-        if idist.get_world_size() > 1:
+        if idist.get_world_size() > 1 and not self.gather:
             warnings.warn(
-                "SegmentationReportHandler does not gather cases across ranks: each rank's report holds only its "
-                "shard. Evaluate on a single process for complete tables.",
+                "SegmentationReportHandler(gather=False) under distributed evaluation: each rank's report holds only "
+                "its shard of the cases.",
                 stacklevel=2,
             )
 
@@ -143,7 +153,8 @@ class SegmentationReportHandler:
                 split = _split_of(item, batch_items, i, self.split_key)
             pred, label = item[self.pred_key], item[self.label_key]
             self._count += 1
-            case_id = _case_id(label, pred) or f"{split}_{self._count:04d}"
+            rank = f"rank{idist.get_rank()}_" if idist.get_world_size() > 1 else ""
+            case_id = _case_id(label, pred) or f"{split}_{rank}{self._count:04d}"
             spacing = _spacing(label, pred)
             try:
                 self.report.add_case(case_id, split, pred, label, spacing=spacing)
@@ -159,7 +170,17 @@ class SegmentationReportHandler:
                 self._splits.append(split)
 
     def completed(self, engine: Engine) -> None:
-        """Log the split's Markdown table and save the report when it has an ``output_dir``."""
+        """Gather the ranks' rows (distributed), log the split's Markdown table and save the report (rank 0).
+
+        Raises:
+            ValueError: in a distributed run, when two ranks evaluated the same case of a split (a sampler that pads
+                the shards, e.g. ``DistributedSampler(even_divisible=True)``) or their HD95 units differ.
+        """
+        if idist.get_world_size() > 1:
+            if self.gather:
+                self._gather_ranks()
+            if idist.get_rank() != 0:
+                return
         if self.log_table:
             names = ", ".join(f"'{s}'" for s in self._splits) or f"'{self.split}'"
             engine.logger.info(
@@ -168,6 +189,45 @@ class SegmentationReportHandler:
             )
         if self.save and self.report.output_dir is not None:
             self.report.save()
+
+    def _gather_ranks(self) -> None:
+        """Replace this run's rows by those of every rank, interleaved case by case in rank order.
+
+        ``DistributedSampler(shuffle=False, even_divisible=False)`` gives rank ``r`` the cases ``r, r + W, ...`` of
+        the datalist, so taking the ranks' ``k``-th cases in rank order, for ``k = 0, 1, ...``, restores its order.
+        """
+        import torch.distributed as dist
+
+        rows = [r for r in self.report.rows if r["split"] in self._splits]
+        mine = {"rows": rows, "splits": self._splits, "unit": self.report.hd95_unit if rows else None}
+        ranks: list[dict] = [{}] * dist.get_world_size()
+        dist.all_gather_object(ranks, mine)
+        units = sorted({r["unit"] for r in ranks if r["unit"] is not None})
+        if len(units) > 1:
+            raise ValueError(f"the ranks computed HD95 in different units {units}: give every case a spacing, or none.")
+        cases = [_by_case(r["rows"]) for r in ranks]
+        ordered = [c for k in range(max(map(len, cases))) for c in (rank[k] for rank in cases if k < len(rank))]
+        evaluated_by: dict[tuple[str, str], int] = {}
+        for r, rank in enumerate(cases):
+            for case in rank:
+                key = (case[0]["split"], case[0]["case"])
+                if key in evaluated_by:
+                    raise ValueError(
+                        f"case {key[1]!r} ({key[0]}) was evaluated by ranks {evaluated_by[key]} and {r}: shard the "
+                        "cases with monai.data.DistributedSampler(even_divisible=False) so that each is evaluated once."
+                    )
+                evaluated_by[key] = r
+        splits = list(dict.fromkeys(s for r in ranks for s in r["splits"]))
+        for split in splits:
+            self.report.reset(split=split)
+        self.report.add_rows([row for case in ordered for row in case], units[0] if units else "mm")
+        self._splits = splits
+        self._count = len(ordered)
+
+
+def _by_case(rows: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """Consecutive rows of one (split, case), as :meth:`SegmentationReport.add_case` appends them."""
+    return [list(group) for _, group in itertools.groupby(rows, key=lambda r: (r["split"], r["case"]))]
 
 
 def _split_of(item: Mapping, batch_items: list | None, index: int, key: str) -> str:

@@ -7,7 +7,6 @@ Tiny phantoms (32^3), a tiny DynUNet and 16^3 patches keep each run to seconds o
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -19,7 +18,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
 from monai_imbalance.data import make_phantom_dataset
 
@@ -29,8 +27,7 @@ def _epoch(checkpoint: dict) -> int:
     return checkpoint["trainer"]["iteration"] // checkpoint["trainer"]["epoch_length"]
 
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "asymmetric_segmentation"
-CONFIGS = BUNDLE / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "asymmetric_segmentation" / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -38,31 +35,15 @@ def dataset(tmp_path_factory):
     return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), num_training=4, num_validation=2, seed=1)
 
 
-def _workflow(config_files, dataset, bundle_root, tiny, workflow_type="train", **override):
-    files = [str(CONFIGS / f) for f in config_files]
-    return ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type=workflow_type,
-        dataset_dir=str(dataset),
-        bundle_root=str(bundle_root),
-        **{**tiny, **override},
-    )
-
-
-def _run(wf):
-    wf.initialize()
-    assert not wf.check_properties()
-    wf.run()
-    wf.finalize()
-    return wf
+@pytest.fixture(scope="module")
+def bundle(bundle_harness):
+    return bundle_harness("asymmetric_segmentation")
 
 
 @pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory, tiny_overrides):
+def trained(dataset, tmp_path_factory, bundle):
     root = tmp_path_factory.mktemp("bundle")
-    wf = _run(_workflow(["train.json"], dataset, root, tiny_overrides))
+    wf = bundle.run(["train.json"], dataset, root)
     return root, wf
 
 
@@ -79,11 +60,10 @@ def test_train_writes_best_and_latest_checkpoints(trained):
     assert not list((root / "models").glob(".*tmp*"))  # atomic writes leave no temporary file
 
 
-def test_evaluate_reports_test_and_external(trained, dataset, tiny_overrides):
+def test_evaluate_reports_test_and_external(trained, dataset, bundle):
     root, _ = trained
-    wf = _run(_workflow(["train.json", "evaluate.json"], dataset, root, tiny_overrides, save_predictions=True))
-    with open(root / "eval" / "metrics_per_case.csv") as f:
-        rows = list(csv.DictReader(f))
+    wf = bundle.run(["train.json", "evaluate.json"], dataset, root, save_predictions=True)
+    rows = bundle.read_csv(root / "eval" / "metrics_per_case.csv")
     assert sorted({r["split"] for r in rows}) == ["external", "test"]
     assert len(rows) == 3  # 2 test + 1 external cases, one foreground class
     for r in rows:
@@ -96,39 +76,27 @@ def test_evaluate_reports_test_and_external(trained, dataset, tiny_overrides):
     assert wf.evaluator.state.metrics["val_mean_dice"] >= 0.0
 
 
-def test_inference_writes_segmentations(trained, dataset, tmp_path, tiny_overrides):
+def test_inference_writes_segmentations(trained, dataset, tmp_path, bundle):
     root, _ = trained
-    wf = ConfigWorkflow(
-        config_file=str(CONFIGS / "inference.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="inference",
-        bundle_root=str(root),
-        dataset_dir=str(dataset),
-        output_dir=str(tmp_path),
-        patch_size=tiny_overrides["patch_size"],
-        filters=tiny_overrides["filters"],
-        **{"dataloader#num_workers": 0},
-    )
-    _run(wf)
+    bundle.inference(dataset, root, tmp_path)
     outputs = sorted(tmp_path.glob("*_seg.nii.gz"))
     assert len(outputs) == 2
     seg = nib.load(outputs[0])
     assert seg.shape[:3] == (32, 32, 32) and np.allclose(seg.affine, np.diag([2.0, 2.0, 2.0, 1.0]))
 
 
-def test_resume_continues_from_latest(dataset, tmp_path, tiny_overrides):
-    _run(_workflow(["train.json"], dataset, tmp_path, tiny_overrides, epochs=1))
+def test_resume_continues_from_latest(dataset, tmp_path, bundle):
+    bundle.run(["train.json"], dataset, tmp_path, epochs=1)
     first = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)
-    wf = _run(_workflow(["train.json"], dataset, tmp_path, tiny_overrides, epochs=3, resume=True))
+    wf = bundle.run(["train.json"], dataset, tmp_path, epochs=3, resume=True)
     assert wf.trainer.state.epoch == 3 and wf.trainer.state.iteration == 6  # continued: 2 more epochs of 2
     latest = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)
     assert _epoch(latest) == 3
     assert latest["best"]["best_metric"] >= first["best"]["best_metric"]  # the best score was carried over
 
 
-def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path, tiny_overrides):
-    wf = _workflow(["train.json"], dataset, tmp_path, tiny_overrides, resume=True)
+def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path, bundle):
+    wf = bundle.workflow(["train.json"], dataset, tmp_path, resume=True)
     wf.initialize()
     with pytest.raises(RuntimeError) as err:  # MONAI wraps errors raised while it builds the trainer
         wf.run()
@@ -138,31 +106,28 @@ def test_resume_without_checkpoint_is_a_clear_error(dataset, tmp_path, tiny_over
     assert cause is not None and "no checkpoint" in str(cause) and str(tmp_path / "models" / "latest.pt") in str(cause)
 
 
-def test_same_seed_gives_identical_weights(dataset, tmp_path, tiny_overrides):
+def test_same_seed_gives_identical_weights(dataset, tmp_path, bundle):
     weights = []
     for run in ("a", "b"):
-        _run(
-            _workflow(["train.json"], dataset, tmp_path / run, tiny_overrides, epochs=1, val_interval=5, num_workers=2)
-        )
+        bundle.run(["train.json"], dataset, tmp_path / run, epochs=1, val_interval=5, num_workers=2)
         weights.append(torch.load(tmp_path / run / "models" / "latest.pt", weights_only=True)["model"])
     assert weights[0].keys() == weights[1].keys()
     for k in weights[0]:
         assert torch.equal(weights[0][k], weights[1][k]), k
-    _run(_workflow(["train.json"], dataset, tmp_path / "c", tiny_overrides, epochs=1, val_interval=5, seed=1))
+    bundle.run(["train.json"], dataset, tmp_path / "c", epochs=1, val_interval=5, seed=1)
     other = torch.load(tmp_path / "c" / "models" / "latest.pt", weights_only=True)["model"]
     assert any(not torch.equal(other[k], weights[0][k]) for k in other)  # and the seed matters
 
 
-def test_killed_mid_epoch_then_resumed(dataset, tmp_path):
+def test_killed_mid_epoch_then_resumed(dataset, tmp_path, bundle):
     """Kill the CLI run while it trains, then ``--resume``: it continues from the last saved epoch."""
-    args = [
-        sys.executable, "-m", "monai.bundle", "run", "training",
-        "--config_file", str(CONFIGS / "train.json"), "--meta_file", str(CONFIGS / "metadata.json"),
-        "--logging_file", str(CONFIGS / "logging.conf"), "--dataset_dir", str(dataset), "--bundle_root", str(tmp_path),
-        "--patch_size", "[16,16,16]", "--filters", "[8,16,32]", "--num_workers", "0", "--val_interval", "100",
-    ]  # fmt: skip
+
+    def args(epochs: int, **override) -> list[str]:
+        settings = {"val_interval": 100, "epochs": epochs, **override}
+        return [sys.executable, *bundle.command("training", ["train.json"], dataset, tmp_path, **settings)]
+
     latest = tmp_path / "models" / "latest.pt"
-    proc = subprocess.Popen([*args, "--epochs", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args(1000), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
         while not latest.exists() and time.time() < deadline and proc.poll() is None:
@@ -174,7 +139,7 @@ def test_killed_mid_epoch_then_resumed(dataset, tmp_path):
     saved_epoch = _epoch(torch.load(latest, weights_only=True))
     assert 1 <= saved_epoch < 1000
     out = subprocess.run(
-        [*args, "--epochs", str(saved_epoch + 1), "--resume", "true"],
+        args(saved_epoch + 1, resume=True),
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]

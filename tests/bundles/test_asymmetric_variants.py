@@ -84,15 +84,9 @@ def _expected(name: str, wf: ConfigWorkflow) -> None:
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_variant_trains(name, dataset, tmp_path, tiny_overrides):
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "variants" / f"{name}.json")],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="train",
-        dataset_dir=str(dataset),
-        bundle_root=str(tmp_path),
-        **{**tiny_overrides, "epochs": 1},
+def test_variant_trains(name, dataset, tmp_path, bundle_harness):
+    wf = bundle_harness("asymmetric_segmentation").workflow(
+        ["train.json", f"variants/{name}.json"], dataset, tmp_path, epochs=1
     )
     wf.initialize()
     assert not wf.check_properties()

@@ -8,7 +8,6 @@ step every iteration here (``meta_interval`` 1) so that the two tiny epochs take
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -16,14 +15,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
 from monai_imbalance.data import make_phantom_dataset
 from monai_imbalance.engines import RegularisedSupervisedTrainer
 from monai_imbalance.transforms import DilatedRingContextLabelsd, KMeansContextLabelsd
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "context_label_segmentation"
-CONFIGS = BUNDLE / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "context_label_segmentation" / "configs"
 VARIANTS = sorted(p.stem for p in (CONFIGS / "variants").glob("*.json"))
 
 
@@ -32,31 +29,15 @@ def dataset(tmp_path_factory):
     return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), num_training=4, num_validation=2, seed=3)
 
 
-def _workflow(config_files, dataset, bundle_root, tiny, workflow_type="train", **override):
-    files = [str(CONFIGS / f) for f in config_files]
-    return ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type=workflow_type,
-        dataset_dir=str(dataset),
-        bundle_root=str(bundle_root),
-        **{**tiny, "meta_interval": 1, **override},
-    )
-
-
-def _run(wf):
-    wf.initialize()
-    assert not wf.check_properties()
-    wf.run()
-    wf.finalize()
-    return wf
+@pytest.fixture(scope="module")
+def bundle(bundle_harness):
+    return bundle_harness("context_label_segmentation", meta_interval=1)
 
 
 @pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory, tiny_overrides):
+def trained(dataset, tmp_path_factory, bundle):
     root = tmp_path_factory.mktemp("bundle")
-    wf = _run(_workflow(["train.json"], dataset, root, tiny_overrides))
+    wf = bundle.run(["train.json"], dataset, root)
     return root, wf
 
 
@@ -85,13 +66,13 @@ def test_colab_training_updates_the_generator_and_checkpoints_it(trained):
     assert 0.0 <= wf.trainer.state.metrics["train_mean_dice"] <= 1.0  # metrics see the collapsed C classes
 
 
-def test_resume_restores_the_generator(trained, dataset, tiny_overrides, tmp_path):
+def test_resume_restores_the_generator(trained, dataset, bundle, tmp_path):
     root, _ = trained
     for name in ("latest.pt", "model.pt"):
         (tmp_path / "models").mkdir(exist_ok=True)
         (tmp_path / "models" / name).write_bytes((root / "models" / name).read_bytes())
     saved = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)["generator"]
-    wf = _workflow(["train.json"], dataset, tmp_path, tiny_overrides, epochs=2, resume=True)
+    wf = bundle.workflow(["train.json"], dataset, tmp_path, epochs=2, resume=True)
     wf.initialize()
     wf.run()  # already at epoch 2: restores and stops
     generator = wf.parser.get_parsed_content("generator")
@@ -100,25 +81,12 @@ def test_resume_restores_the_generator(trained, dataset, tiny_overrides, tmp_pat
     assert wf.trainer.state.epoch == 2
 
 
-def test_evaluate_and_inference_output_only_the_original_classes(trained, dataset, tiny_overrides, tmp_path):
+def test_evaluate_and_inference_output_only_the_original_classes(trained, dataset, bundle, tmp_path):
     root, _ = trained
-    _run(_workflow(["train.json", "evaluate.json"], dataset, root, tiny_overrides, save_predictions=True))
-    with open(root / "eval" / "metrics_per_case.csv") as f:
-        rows = list(csv.DictReader(f))
+    bundle.run(["train.json", "evaluate.json"], dataset, root, save_predictions=True)
+    rows = bundle.read_csv(root / "eval" / "metrics_per_case.csv")
     assert sorted({r["split"] for r in rows}) == ["external", "test"] and {r["class_index"] for r in rows} == {"1"}
-    wf = ConfigWorkflow(
-        config_file=str(CONFIGS / "inference.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="inference",
-        bundle_root=str(root),
-        dataset_dir=str(dataset),
-        output_dir=str(tmp_path),
-        patch_size=tiny_overrides["patch_size"],
-        filters=tiny_overrides["filters"],
-        **{"dataloader#num_workers": 0},
-    )
-    _run(wf)
+    bundle.inference(dataset, root, tmp_path)
     outputs = sorted(tmp_path.glob("*_seg.nii.gz"))
     assert len(outputs) == 2
     for out in outputs:
@@ -127,8 +95,8 @@ def test_evaluate_and_inference_output_only_the_original_classes(trained, datase
 
 
 @pytest.mark.parametrize("variant", ["vanilla", "kmeans_t2", "dilated_t2", "colab_t4"])
-def test_variant_builds_what_its_name_says(variant, dataset, tmp_path, tiny_overrides):
-    wf = _run(_workflow(["train.json", f"variants/{variant}.json"], dataset, tmp_path, tiny_overrides, epochs=1))
+def test_variant_builds_what_its_name_says(variant, dataset, tmp_path, bundle):
+    wf = bundle.run(["train.json", f"variants/{variant}.json"], dataset, tmp_path, epochs=1)
     trainer = wf.trainer
     assert isinstance(trainer, RegularisedSupervisedTrainer)
     learner = trainer.context_labels

@@ -5,20 +5,15 @@ validation split, estimate on a folder of images, and the shift benchmark with a
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
 from monai_imbalance.data import make_phantom_dataset
 from monai_imbalance.estimation import ESTIMATOR_SPECS, load_estimators, prediction_dice, read_estimator_file
-
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "performance_estimation"
-CONFIGS = BUNDLE / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -26,22 +21,9 @@ def dataset(tmp_path_factory):
     return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), num_training=4, num_validation=2, seed=2)
 
 
-def _run(config_files, dataset, root, tiny, **override):
-    files = [str(CONFIGS / f) for f in config_files]
-    wf = ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="train",
-        dataset_dir=str(dataset),
-        bundle_root=str(root),
-        **{**tiny, **override},
-    )
-    wf.initialize()
-    assert not wf.check_properties()
-    wf.run()
-    wf.finalize()
-    return wf
+@pytest.fixture(scope="module")
+def bundle(bundle_harness):
+    return bundle_harness("performance_estimation")
 
 
 #: after training on 16^3 patches, infer each 32^3 phantom in one window, and fit on fewer voxels
@@ -49,12 +31,10 @@ FAST = {"validate#inferer#roi_size": [32, 32, 32]}
 
 
 @pytest.fixture(scope="module")
-def fitted(dataset, tmp_path_factory, tiny_overrides):
+def fitted(dataset, tmp_path_factory, bundle):
     root = tmp_path_factory.mktemp("bundle")
-    _run(["train.json"], dataset, root, tiny_overrides)
-    wf = _run(
-        ["train.json", "fit.json"], dataset, root, tiny_overrides, keep_margin=2.0, background_samples=256, **FAST
-    )
+    bundle.run(["train.json"], dataset, root)
+    wf = bundle.run(["train.json", "fit.json"], dataset, root, keep_margin=2.0, background_samples=256, **FAST)
     return root, wf
 
 
@@ -72,17 +52,16 @@ def test_fit_writes_every_estimator(fitted):
     assert data["info"]["validation_true_dice"][0] == pytest.approx(wf.evaluator.state.metrics["val_mean_dice"])
 
 
-def test_estimate_on_a_folder_of_images(fitted, dataset, tmp_path, tiny_overrides):
+def test_estimate_on_a_folder_of_images(fitted, dataset, tmp_path, bundle):
     root, _ = fitted
     folder = tmp_path / "unlabelled"
     folder.mkdir()
     for f in sorted((Path(dataset) / "imagesTs").glob("*.nii.gz")):
         (folder / f.name).write_bytes(f.read_bytes())
-    wf = _run(
+    wf = bundle.run(
         ["train.json", "estimate.json"],
         dataset,
         root,
-        tiny_overrides,
         input_dir=str(folder),
         output_dir=str(tmp_path / "out"),
         estimator_names=["cs-ts", "atc", "qc"],
@@ -92,8 +71,7 @@ def test_estimate_on_a_folder_of_images(fitted, dataset, tmp_path, tiny_override
     cases = results["targets"]["unlabelled"]["cases"]
     assert [c["case"] for c in cases] == sorted(f.name[: -len(".nii.gz")] for f in folder.iterdir())
     assert results["estimators"] == ["cs-ts", "atc", "qc"] and results["classes"] == ["class_1"]
-    with open(tmp_path / "out" / "estimates.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = bundle.read_csv(tmp_path / "out" / "estimates.csv")
     assert len(rows) == (len(cases) + 1) * 3
     for r in rows:
         assert 0.0 <= float(r["estimated_dice"]) <= 1.0 and r["true_dice"] == "" and r["class"] == "class_1"
@@ -110,14 +88,13 @@ def test_estimate_on_a_folder_of_images(fitted, dataset, tmp_path, tiny_override
     assert cases[0]["estimated"]["cs-ts"] == pytest.approx(est.estimate_case(z).tolist(), abs=1e-5)
 
 
-def test_benchmark_mae_table(fitted, dataset, tmp_path, tiny_overrides):
+def test_benchmark_mae_table(fitted, dataset, tmp_path, bundle):
     root, _ = fitted
     out = tmp_path / "bench"
-    wf = _run(
+    wf = bundle.run(
         ["train.json", "benchmark.json"],
         dataset,
         root,
-        tiny_overrides,
         output_dir=str(out),
         shifts=["noise", "contrast"],
         severities=[1, 4],
@@ -127,12 +104,9 @@ def test_benchmark_mae_table(fitted, dataset, tmp_path, tiny_overrides):
     for name in ("cases.csv", "conditions.csv", "results.csv", "results.md", "results.json", "scatter.png"):
         assert (out / name).is_file(), name
     assert (out / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with open(out / "cases.csv") as f:
-        cases = list(csv.DictReader(f))
-    with open(out / "conditions.csv") as f:
-        conditions = list(csv.DictReader(f))
-    with open(out / "results.csv") as f:
-        table = {r["estimator"]: r for r in csv.DictReader(f)}
+    cases = bundle.read_csv(out / "cases.csv")
+    conditions = bundle.read_csv(out / "conditions.csv")
+    table = {r["estimator"]: r for r in bundle.read_csv(out / "results.csv")}
     expected = {"identity", "noise-1", "noise-4", "contrast-1", "contrast-4", "external"}
     assert {r["condition"] for r in conditions} == expected
     assert len(cases) == (5 * 2 + 1) * 4  # (5 conditions x 2 test cases + 1 external case) x 4 estimators
@@ -175,8 +149,8 @@ def test_benchmark_mae_table(fitted, dataset, tmp_path, tiny_overrides):
     assert summary["settings"]["shifts"] == ["noise", "contrast"]
 
 
-def test_track_estimates_the_external_split_during_training(dataset, tmp_path, tiny_overrides):
-    _run(["train.json", "track.json"], dataset, tmp_path, tiny_overrides, track_estimators=["ac", "cs-ts"], **FAST)
+def test_track_estimates_the_external_split_during_training(dataset, tmp_path, bundle):
+    bundle.run(["train.json", "track.json"], dataset, tmp_path, track_estimators=["ac", "cs-ts"], **FAST)
     files = sorted((tmp_path / "eval" / "estimates").glob("*.json"))
     assert [f.name for f in files] == ["estimates_epoch0001.json", "estimates_epoch0002.json"]  # val_interval 1
     results = json.loads(files[-1].read_text())
@@ -189,16 +163,8 @@ def test_track_estimates_the_external_split_during_training(dataset, tmp_path, t
         assert external["mean"]["abs_error"][name][0] == pytest.approx(abs(est - true))
 
 
-def test_estimate_without_fitted_file_names_the_path(dataset, tmp_path, tiny_overrides):
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "estimate.json")],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="train",
-        dataset_dir=str(dataset),
-        bundle_root=str(tmp_path),
-        **tiny_overrides,
-    )
+def test_estimate_without_fitted_file_names_the_path(dataset, tmp_path, bundle):
+    wf = bundle.workflow(["train.json", "estimate.json"], dataset, tmp_path)
     wf.initialize()
     with pytest.raises(Exception) as err:
         wf.run()

@@ -27,6 +27,8 @@ def test_readme_has_the_model_zoo_sections(name):
         assert any(h.startswith("Evaluation") for h in headers), f"{name}: no '## Evaluation' section"
     if (BUNDLES / name / "configs" / "multi_gpu_train.json").is_file():
         assert "multi_gpu_train.json" in text and "torchrun" in text, f"{name}: no multi-GPU training command"
+    if (BUNDLES / name / "configs" / "multi_gpu_evaluate.json").is_file():
+        assert "multi_gpu_evaluate.json" in text, f"{name}: no multi-GPU evaluation command"
     assert "PLACEHOLDER" not in text and "TODO" not in text, f"{name}: unfinished README"
     meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from monai.bundle import ConfigWorkflow
 
 from monai_imbalance.data import make_phantom_dataset
 
@@ -26,21 +25,17 @@ def dataset(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", TRAINING_BUNDLES)
-def test_mlflow_and_tensorboard(name, dataset, tmp_path, tiny_overrides):
+def test_mlflow_and_tensorboard(name, dataset, tmp_path, bundle_harness):
     mlflow = pytest.importorskip("mlflow")
-    configs = BUNDLES / name / "configs"
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    wf = ConfigWorkflow(
-        config_file=str(configs / "train.json"),
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        workflow_type="train",
-        dataset_dir=str(dataset),
-        bundle_root=str(tmp_path / "bundle"),
+    wf = bundle_harness(name).workflow(
+        ["train.json"],
+        dataset,
+        tmp_path / "bundle",
         tracking="mlflow",
         tracking_uri=uri,
         experiment_name=f"test_{name}",
-        **{**tiny_overrides, "epochs": 1},
+        epochs=1,
     )
     wf.initialize()
     wf.run()

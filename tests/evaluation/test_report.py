@@ -114,6 +114,34 @@ def test_add_case_rejects_duplicates_and_mixed_units():
     assert len(report) == 4
 
 
+def test_add_rows_of_another_report():
+    # what distributed evaluation does: the rows computed by another report (another rank's) join this one's
+    whole, first, other = SegmentationReport(LABELS), SegmentationReport(LABELS), SegmentationReport(LABELS)
+    for k in range(3):
+        whole.add_case(f"c{k}", "test", *_case(k), spacing=SPACING)
+        (first if k == 0 else other).add_case(f"c{k}", "test", *_case(k), spacing=SPACING)
+    first.add_rows(other.rows, other.hd95_unit)
+    assert _nan_repr(first.rows) == _nan_repr(whole.rows) and first.to_markdown() == whole.to_markdown()
+    before = _nan_repr(first.rows)
+    new = {**other.rows[0], "case": "new"}
+    with pytest.raises(ValueError, match="'c1' is already in split 'test'"):
+        first.add_rows([new, *other.rows], "mm")
+    with pytest.raises(ValueError, match="voxels"):
+        first.add_rows([new], "voxels")
+    with pytest.raises(ValueError, match="hd95_unit"):
+        first.add_rows([new], "cm")
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['dice'\]"):
+        first.add_rows([{k: v for k, v in new.items() if k != "dice"}], "mm")
+    with pytest.raises(ValueError, match="class 0"):
+        first.add_rows([{**new, "class_index": 0, "class": "background"}], "mm")
+    assert _nan_repr(first.rows) == before  # a failed call adds nothing
+
+
+def _nan_repr(rows: list[dict]) -> str:
+    """Rows as text, so that NaN compares equal to NaN."""
+    return repr(rows)
+
+
 def test_summary_matches_numpy():
     report = _filled()
     summary = report.summary()

@@ -4,8 +4,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +205,115 @@ def test_handler_errors_name_the_case():
         _evaluator(SegmentationReportHandler(report, split="test", label_key="seg")).run()
     with pytest.raises(TypeError, match="SegmentationReport"):
         SegmentationReportHandler({"0": "bg"}, split="test")
+
+
+def _rank_main(rank: int, out_dir: str, even_divisible: bool, gather: bool) -> None:
+    """One of two gloo ranks: evaluate the rank's shard of ``_data`` and dump its report rows and log lines."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from monai.data import DistributedSampler
+
+    os.environ["LOCAL_RANK"] = str(rank)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{out_dir}/init", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
+    try:
+        report = SegmentationReport(LABELS, output_dir=f"{out_dir}/tables")
+        dataset = Dataset(_data(splits=("test", "external", "test")))
+        sampler = DistributedSampler(dataset, even_divisible=even_divisible, shuffle=False)
+        evaluator = SupervisedEvaluator(
+            device=torch.device("cpu"),
+            val_data_loader=DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=0),
+            network=FixedLogits(),
+            postprocessing=AsDiscreted(keys="pred", argmax=True),
+            val_handlers=[SegmentationReportHandler(report, split=None, gather=gather)],
+        )
+        messages: list[str] = []
+        log = logging.Handler()
+        log.emit = lambda record: messages.append(record.getMessage())
+        evaluator.logger.addHandler(log)
+        evaluator.logger.setLevel(logging.INFO)
+        result: dict = {"messages": messages}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                evaluator.run()
+                result.update(rows=report.rows, iterations=evaluator.state.iteration)
+            except ValueError as e:
+                result["error"] = str(e)
+        result["warnings"] = [str(w.message) for w in caught]
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+#: two-rank runs: (DistributedSampler even_divisible, handler gather)
+SCENARIOS = {"gathered": (False, True), "padded": (True, True), "shards": (False, False)}
+
+
+def _run_scenarios(out_dir: str) -> None:
+    """Fork two ranks per scenario; run in a fresh interpreter, as a forked OpenMP thread pool can hang the ranks."""
+    import torch.multiprocessing as mp
+
+    for name, (even_divisible, gather) in SCENARIOS.items():
+        folder = Path(out_dir) / name
+        folder.mkdir(parents=True)
+        mp.start_processes(_rank_main, args=(str(folder), even_divisible, gather), nprocs=2, start_method="fork")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    """The folder of the scenarios' results (``<scenario>/rank<r>.json``, ``<scenario>/tables/``)."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, __file__, str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return out
+
+
+def _ranks(folder: Path) -> list[dict]:
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def _same_rows(got: list[dict], expected: list[dict]) -> bool:
+    """Equal row lists, NaN equal to NaN (the rows went through JSON)."""
+
+    def same(a, b) -> bool:
+        return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+    return len(got) == len(expected) and all(
+        g.keys() == e.keys() and all(same(g[k], e[k]) for k in g) for g, e in zip(got, expected, strict=True)
+    )
+
+
+def test_distributed_evaluation_gathers_every_case_once(two_ranks, tmp_path):
+    # the single-process reference: same data, same handler, one evaluator over all three cases
+    single = SegmentationReport(LABELS, output_dir=tmp_path)
+    data = _data(splits=("test", "external", "test"))
+    _evaluator(SegmentationReportHandler(single, split=None, log_table=False), data=data).run()
+    ranks = _ranks(two_ranks / "gathered")
+    assert [r["iterations"] for r in ranks] == [2, 1]  # rank 0: case_a, case_c; rank 1: case_b
+    for r in ranks:  # every rank ends with every case once, in the single-process order
+        assert _same_rows(r["rows"], single.rows), r["rows"]
+        assert not r["warnings"]
+    assert not [m for m in ranks[1]["messages"] if "segmentation report" in m]  # rank 0 alone logs the table
+    assert any("split 'test', 'external' (3 cases)" in m for m in ranks[0]["messages"])
+    for name in ("metrics_per_case.csv", "metrics_summary.csv", "metrics_summary.md"):  # written by rank 0
+        assert (two_ranks / "gathered" / "tables" / name).read_text() == (tmp_path / name).read_text(), name
+
+
+def test_distributed_evaluation_rejects_padded_shards_and_can_keep_shards(two_ranks):
+    for r in _ranks(two_ranks / "padded"):  # rank 1 gets case_b and, as padding, case_a
+        assert "case 'case_a' (test) was evaluated by ranks 0 and 1" in r["error"]
+        assert "even_divisible=False" in r["error"]
+    shards = _ranks(two_ranks / "shards")
+    assert [sorted({row["case"] for row in r["rows"]}) for r in shards] == [["case_a", "case_c"], ["case_b"]]
+    assert all(any("gather=False" in w for w in r["warnings"]) for r in shards)
+    saved = (two_ranks / "shards" / "tables" / "metrics_per_case.csv").read_text()
+    assert saved.count("\n") == 5 and "case_b" not in saved  # header + rank 0's 2 cases x 2 classes
+
+
+if __name__ == "__main__":  # the two-rank scenarios, started by the ``two_ranks`` fixture
+    _run_scenarios(sys.argv[1])
