@@ -12,6 +12,7 @@ Segmentation", IEEE TMI 2023 (methods.md section 3):
   transforms with their inverses and field-of-view coverage.
 - :class:`AugmentationPolicy`: one straight-through Gumbel categorical per operation, one policy per class group
   (background- vs foreground-centred patches by default), init presets; :class:`PolicyWeights`.
+- :func:`randaugment_probabilities`: RandAugment (``N`` ops at level ``M``) as a fixed policy's ``init``.
 - :class:`TestTimePolicy`: one categorical over the test-time transforms.
 - :class:`SharedPolicyProbabilities`: the probability table in shared memory that the loader workers read
   (used by :class:`monai_imbalance.transforms.PolicyAugmentd`).
@@ -32,6 +33,7 @@ from .gumbel import (
 from .inferer import TTA_PRESETS, LearnedTTAInferer
 from .io import describe_policy, load_policy, policy_paths, save_policy
 from .policy import DEFAULT_GROUPS, TRAINING_INIT_PRESETS, AugmentationPolicy, PolicyWeights, check_groups
+from .randaugment import RANDAUGMENT_LEVELS, randaugment_bins, randaugment_probabilities
 from .shared import SharedPolicyProbabilities
 from .test_time import TEST_TIME_INIT_PRESETS, TestTimePolicy
 from .test_time_pool import NNUNET_MIRRORING, TEST_TIME_TRANSFORMS, TestTimeTransform, TestTimeTransformPool
@@ -40,6 +42,7 @@ from .training_pool import TRAINING_OPS, TrainingOp, TrainingTransformPool
 __all__ = [
     "DEFAULT_GROUPS",
     "NNUNET_MIRRORING",
+    "RANDAUGMENT_LEVELS",
     "TEST_TIME_INIT_PRESETS",
     "TEST_TIME_TRANSFORMS",
     "TRAINING_INIT_PRESETS",
@@ -61,6 +64,8 @@ __all__ = [
     "load_policy",
     "per_bin_coefficients",
     "policy_paths",
+    "randaugment_bins",
+    "randaugment_probabilities",
     "sample_straight_through",
     "save_policy",
     "straight_through_given",

@@ -23,7 +23,10 @@ so that ``P(identity) = 1 - p`` and the rest is uniform, with ``p`` per operatio
 - ``3`` (``"deepmedic"``): scale .2, rotations .2 each, ``mirror_x`` .5, ``mirror_y`` / ``mirror_z`` .05,
   brightness add .15, all others .05;
 - ``4``: .1 for all; ``5`` (nnFormer): .05 for all;
-- a mapping ``{op name: p}`` for every operation of the pool.
+- a mapping ``{op name: p}`` for every operation of the pool;
+- a mapping ``{op name: (K_o,) probabilities}`` giving each operation's whole categorical (bins of probability 0
+  get logit ``-inf``), e.g. RandAugment's (:func:`~monai_imbalance.augment.randaugment_probabilities`); a mapping
+  may mix both forms.
 
 Where the sampled bins come from: in the data path the loader workers draw the bins from the current probabilities
 (:class:`~monai_imbalance.augment.SharedPolicyProbabilities`), apply them and record them in the batch; in the main
@@ -159,6 +162,18 @@ def _init_logits(num_bins: int, init: int, p: float) -> torch.Tensor:
     return torch.tensor([1.0] + [rest] * others)
 
 
+def _logits_of(op: str, num_bins: int, value: Any) -> torch.Tensor:
+    """The logits of one operation's ``init`` entry: ``p`` (a number) or its ``(K,)`` bin probabilities."""
+    v = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+    if v.ndim == 0:
+        return _init_logits(num_bins, 2, float(v))
+    if v.shape != (num_bins,):
+        raise ValueError(f"init for op {op!r} must be p or {num_bins} bin probabilities, got shape {tuple(v.shape)}.")
+    if not bool(torch.isfinite(v).all()) or bool((v < 0).any()) or abs(float(v.sum()) - 1.0) > 1e-5:
+        raise ValueError(f"init probabilities of op {op!r} must be >= 0 and sum to 1, got {v.tolist()}.")
+    return (v / v.sum()).log().float()  # a bin of probability 0 gets logit -inf: never drawn
+
+
 @dataclasses.dataclass
 class PolicyWeights:
     """The bins of a batch of patches and their straight-through weights.
@@ -188,19 +203,21 @@ class AugmentationPolicy(nn.Module):
         pool: the operations (default: the full 15-operation, 62-bin pool).
         groups: class groups ``{name: classes or None}`` (default: background vs foreground; module docstring).
         init: ``0``-``5`` (the authors' ``--org``), an alias (``"uniform"``, ``"identity_half"``, ``"nnunet"``,
-            ``"deepmedic"``), or ``{op name: p}`` with ``P(identity) = 1 - p``.
+            ``"deepmedic"``), or a mapping for every operation of the pool, ``{op name: p}`` with
+            ``P(identity) = 1 - p`` (the rest uniform) or ``{op name: (K_o,) bin probabilities}`` (e.g.
+            :func:`~monai_imbalance.augment.randaugment_probabilities`), mixed as needed.
         temperature: Gumbel-softmax temperature ``tau > 0`` (the authors: 1).
 
     Raises:
         ValueError: bad groups, an unknown preset, a mapping that misses an operation, ``p`` outside ``[0, 1)``,
-            ``temperature <= 0``.
+            bin probabilities of another length, negative or not summing to 1, ``temperature <= 0``.
     """
 
     def __init__(
         self,
         pool: TrainingTransformPool | None = None,
         groups: Mapping[str, Sequence[int] | None] | None = None,
-        init: int | str | Mapping[str, float] = 2,
+        init: int | str | Mapping[str, float | Sequence[float] | torch.Tensor] = 2,
         temperature: float = 1.0,
     ) -> None:
         super().__init__()
@@ -209,35 +226,36 @@ class AugmentationPolicy(nn.Module):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got temperature={temperature!r}.")
         self.temperature = float(temperature)
-        init_id, probs = self._resolve_init(init)
+        initial = self._initial_logits(init)
         self.logits = nn.ModuleDict(
             {
-                g: nn.ParameterDict(
-                    {
-                        op.name: nn.Parameter(_init_logits(op.num_bins, init_id, probs.get(op.name, 0.0)))
-                        for op in self.pool.ops
-                    }
-                )
+                g: nn.ParameterDict({op.name: nn.Parameter(initial[op.name].clone()) for op in self.pool.ops})
                 for g in self.groups
             }
         )
 
-    def _resolve_init(self, init: int | str | Mapping[str, float]) -> tuple[int, dict[str, float]]:
+    def _initial_logits(self, init: int | str | Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """``{op: (K_o,) logits}`` of an ``init`` (class docstring), the same for every group."""
         if isinstance(init, Mapping):
             missing = [n for n in self.pool.op_names if n not in init]
             extra = [n for n in init if n not in self.pool.op_names]
             if missing or extra:
                 raise ValueError(
-                    f"init mapping must give p for exactly the pool's ops: missing {missing}, unknown {extra}."
+                    f"init mapping must give p or probabilities for exactly the pool's ops: missing {missing}, "
+                    f"unknown {extra}."
                 )
-            return 2, {k: float(v) for k, v in init.items()}
+            return {op.name: _logits_of(op.name, op.num_bins, init[op.name]) for op in self.pool.ops}
         key = _INIT_ALIASES.get(init, init) if isinstance(init, str) else init
         if not isinstance(key, int) or key not in (0, 1, *TRAINING_INIT_PRESETS):
-            raise ValueError(f"unknown init {init!r}: use 0-5, one of {list(_INIT_ALIASES)} or a mapping op -> p.")
+            raise ValueError(
+                f"unknown init {init!r}: use 0-5, one of {list(_INIT_ALIASES)} or a mapping op -> p or probabilities."
+            )
         if key in (0, 1):
-            return key, {}
+            return {op.name: _init_logits(op.num_bins, key, 0.0) for op in self.pool.ops}
         preset = TRAINING_INIT_PRESETS[key]
-        return key, {n: preset.get(n, preset["__default__"]) for n in self.pool.op_names}
+        return {
+            op.name: _init_logits(op.num_bins, key, preset.get(op.name, preset["__default__"])) for op in self.pool.ops
+        }
 
     # ----------------------------------------------------------------------------------------------- identity
     @property

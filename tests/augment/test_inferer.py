@@ -5,7 +5,9 @@
 With a policy whose mass is on the identity, the prediction equals plain sliding-window inference exactly; the
 mirroring preset equals an independent average of flipped predictions; with a network that commutes with every
 spatial transform, zoom and rotation TTA returns the plain prediction inside the field of view, and the coverage
-weighting keeps the border right; the weights are the renormalised top-K probabilities.
+weighting keeps the border right; the weights are the renormalised top-K probabilities. A policy file is read on the
+first call (or ``load()``), and a missing file, a training-time policy or a policy of another pool fails there,
+before the network is called.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
-from monai_imbalance.augment import LearnedTTAInferer, TestTimePolicy, save_policy
+from monai_imbalance.augment import (
+    NNUNET_MIRRORING,
+    AugmentationPolicy,
+    LearnedTTAInferer,
+    TestTimePolicy,
+    TestTimeTransformPool,
+    TrainingTransformPool,
+    save_policy,
+)
 
 torch.manual_seed(0)
 NET = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(4, 3, 3, padding=1))
@@ -91,22 +101,66 @@ def test_spatial_tta_with_an_equivariant_network_returns_the_plain_prediction() 
 
 
 @torch.no_grad()
-def test_policy_file_fallback_and_metatensor(tmp_path) -> None:
-    save_policy(_identity_policy(), tmp_path / "tea")
+def test_policy_file_is_read_on_the_first_call_and_metatensor(tmp_path) -> None:
     sw = SlidingWindowInferer(roi_size=(8, 8, 8), overlap=0.25)
-    loaded = LearnedTTAInferer(sw, policy=str(tmp_path / "tea.pt"))
-    assert loaded.transform_names[0] == "identity"
-    (tmp_path / "tea.json").unlink()  # the state dict alone loads into the default 84-transform policy
-    assert LearnedTTAInferer(sw, policy=tmp_path / "tea").transform_names[0] == "identity"
-    missing = LearnedTTAInferer(sw, policy=tmp_path / "absent.pt", fallback_preset="mirroring")
-    assert len(missing.transform_names) == 8
-    with pytest.raises(FileNotFoundError):
-        LearnedTTAInferer(sw, policy=tmp_path / "absent.pt")
+    lazy = LearnedTTAInferer(sw, policy=str(tmp_path / "tea.pt"))  # no file yet: nothing is read when built
+    assert not lazy.loaded and lazy.policy_file == tmp_path / "tea.pt"
+    save_policy(_identity_policy(), tmp_path / "tea")  # e.g. written by training after the config was parsed
     img = MetaTensor(X, affine=torch.diag(torch.tensor([1.5, 1.5, 2.0, 1.0])))
-    out = loaded(img, NET)
+    out = lazy(img, NET)
+    assert lazy.loaded and lazy.transform_names[0] == "identity" and lazy.weights[0] == 1.0
     assert isinstance(out, MetaTensor) and torch.equal(out.affine, img.affine)
     ref = sw(X, NET)
     assert torch.equal(out.as_tensor(), ref.as_tensor() if isinstance(ref, MetaTensor) else ref)
+    # read once: a later change of the file does not change the transforms of an inferer already in use
+    names = lazy.transform_names
+    save_policy(TestTimePolicy(), tmp_path / "tea")  # the nnU-Net mirrorings
+    assert lazy.transform_names == names and torch.equal(lazy(X, NET), out.as_tensor())
+    assert set(LearnedTTAInferer(sw, policy=tmp_path / "tea").transform_names) == set(NNUNET_MIRRORING)
+    save_policy(_identity_policy(), tmp_path / "tea")
+    (tmp_path / "tea.json").unlink()  # the state dict alone loads into the default 84-transform policy
+    by_stem = LearnedTTAInferer(sw, policy=tmp_path / "tea")
+    assert by_stem.load() is by_stem and by_stem.transform_names[0] == "identity"
+
+
+class _CountingNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return NET(x)
+
+
+@torch.no_grad()
+def test_a_bad_policy_file_fails_on_load_before_any_prediction(tmp_path) -> None:
+    net = _CountingNet()
+    missing = LearnedTTAInferer(policy=tmp_path / "absent.pt")
+    for attempt in (missing.load, lambda: missing(X, net), lambda: missing.indices):
+        with pytest.raises(FileNotFoundError, match="absent.pt"):
+            attempt()
+    assert net.calls == 0 and not missing.loaded
+    # a training-time policy where the test-time one is expected
+    save_policy(AugmentationPolicy(TrainingTransformPool(["scale", "gamma"]), groups={"all": None}), tmp_path / "tra")
+    wrong_type = LearnedTTAInferer(policy=tmp_path / "tra.pt")
+    for attempt in (wrong_type.load, lambda: wrong_type(X, net)):
+        with pytest.raises(ValueError, match="not a TestTimePolicy"):
+            attempt()
+    # a test-time policy of another pool than the one given
+    small = TestTimeTransformPool(["identity", "mirror_x", "mirror_y"])
+    save_policy(TestTimePolicy(small, init=0), tmp_path / "small")
+    with pytest.raises(ValueError, match="pool differs"):
+        LearnedTTAInferer(policy=tmp_path / "small.pt", pool=TestTimeTransformPool())(X, net)
+    (tmp_path / "small.json").unlink()  # its state dict alone, checked against the default 84-transform pool
+    with pytest.raises(ValueError, match="another test-time pool"):
+        LearnedTTAInferer(policy=tmp_path / "small.pt").load()
+    assert net.calls == 0
+    # without a pool argument the file's own pool is used
+    save_policy(TestTimePolicy(small, init={"identity": 0.6, "mirror_y": 0.3}), tmp_path / "small")
+    own = LearnedTTAInferer(policy=tmp_path / "small", top_k=2)
+    assert own.pool.names == small.names and own.transform_names == ["identity", "mirror_y"]
+    assert own.weights == pytest.approx([0.6 / 0.9, 0.3 / 0.9], abs=1e-6)
 
 
 def test_bad_input() -> None:
@@ -114,6 +168,8 @@ def test_bad_input() -> None:
         LearnedTTAInferer(preset="none", transforms=["identity"])
     with pytest.raises(ValueError, match="exactly one"):
         LearnedTTAInferer()
+    with pytest.raises(ValueError, match="top_k=0"):
+        LearnedTTAInferer(policy="tea.pt", top_k=0)
     with pytest.raises(ValueError, match="unknown preset"):
         LearnedTTAInferer(preset="flips")
     with pytest.raises(ValueError, match="weights"):

@@ -2,10 +2,10 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Tests of the training-time policy (:class:`monai_imbalance.augment.AugmentationPolicy`).
 
-Init presets give the probabilities of methods.md 3.2; class groups map centre classes as in 3.3; sampled and
-recomputed weights are 1 in value with gradient to their own group's logits only; the hypergradient update equals
-``w.backward(g)`` without baseline / normalisation and the explicit formula of 3.4 with them; NaN logits and a
-state dict of another pool or group count raise clear errors.
+Init presets give the probabilities of methods.md 3.2, a mapping of bin probabilities sets each categorical; class
+groups map centre classes as in 3.3; sampled and recomputed weights are 1 in value with gradient to their own group's
+logits only; the hypergradient update equals ``w.backward(g)`` without baseline / normalisation and the explicit
+formula of 3.4 with them; NaN logits and a state dict of another pool or group count raise clear errors.
 """
 
 from __future__ import annotations
@@ -63,6 +63,30 @@ def test_uniform_half_and_mapping_inits() -> None:
         AugmentationPolicy(pool, init={"scale": 1.0, "noise": 0.1})
     with pytest.raises(ValueError, match="temperature"):
         AugmentationPolicy(temperature=0)
+
+
+def test_mapping_of_bin_probabilities_sets_each_categorical() -> None:
+    pool = TrainingTransformPool(["scale", "mirror_x", "noise"])
+    scale = [0.5, 0.0, 0.2, 0.0, 0.3, 0.0]
+    policy = AugmentationPolicy(pool, init={"scale": scale, "mirror_x": torch.tensor([0.25, 0.75]), "noise": 0.3})
+    for g in ("background", "foreground"):
+        probs = policy.probabilities()[g]
+        assert torch.allclose(probs["scale"], torch.tensor(scale), atol=1e-7)
+        assert torch.allclose(probs["mirror_x"], torch.tensor([0.25, 0.75]), atol=1e-7)
+        assert torch.allclose(probs["noise"], torch.tensor([0.7, 0.1, 0.1, 0.1]), atol=1e-6)  # p form, mixed in
+    logit = policy.logits["background"]["scale"].detach()
+    assert torch.isneginf(logit[[1, 3, 5]]).all()  # probability 0: never drawn
+    sampled = policy.sample(torch.zeros(200, dtype=torch.long)).bins[:, 0]
+    assert set(sampled.tolist()) <= {0, 2, 4}
+    with torch.no_grad():  # the groups' logits are separate parameters
+        policy.logits["foreground"]["scale"][0] += 1.0
+    assert torch.allclose(policy.probabilities()["background"]["scale"], torch.tensor(scale), atol=1e-7)
+    with pytest.raises(ValueError, match=r"op 'scale'.* 6 bin probabilities, got shape \(5,\)"):
+        AugmentationPolicy(pool, init={"scale": scale[:5], "mirror_x": 0.5, "noise": 0.1})
+    with pytest.raises(ValueError, match=r"op 'mirror_x'.*sum to 1"):
+        AugmentationPolicy(pool, init={"scale": 0.1, "mirror_x": [0.5, 0.6], "noise": 0.1})
+    with pytest.raises(ValueError, match=r"op 'mirror_x'.*>= 0"):
+        AugmentationPolicy(pool, init={"scale": 0.1, "mirror_x": [1.5, -0.5], "noise": 0.1})
 
 
 def test_groups_map_centre_classes() -> None:

@@ -201,9 +201,11 @@ def test_a_policy_for_another_grouping_or_pool_is_refused(trained, dataset, tiny
     for ext in (".pt", ".json"):
         shutil.copy(root / "models" / f"policy{ext}", bad / "models" / f"test_time_policy{ext}")
     wf = _inference(bad, dataset, tmp_path / "out", tiny_overrides)
+    assert not wf.parser.get_parsed_content("inferer").loaded  # built without reading the file (lazy) ...
     with pytest.raises(RuntimeError) as err:
-        wf.parser.get_parsed_content("inferer")
+        wf.initialize()  # ... which the initialize list reads: refused before any prediction
     assert isinstance(_cause(err.value), ValueError) and "not a TestTimePolicy" in str(_cause(err.value))
+    assert not (tmp_path / "out").exists()
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -250,9 +252,10 @@ def test_evaluate_with_learned_tta_writes_the_report(trained, dataset, tiny_over
 
 def test_evaluate_with_learned_tta_and_no_policy_file_fails(dataset, tiny_overrides, tmp_path):
     wf = _workflow(["train.json", "evaluate.json"], dataset, tmp_path, tiny_overrides)
-    wf.initialize()
+    inferer = wf.parser.get_parsed_content("validate#inferer")  # the config builds without the file (bundle checks)
+    assert isinstance(inferer, LearnedTTAInferer) and not inferer.loaded
     with pytest.raises(RuntimeError) as err:
-        wf.run()
+        wf.initialize()
     assert isinstance(_cause(err.value), FileNotFoundError) and "test_time_policy.pt" in str(_cause(err.value))
     assert not (tmp_path / "eval" / "metrics_per_case.csv").exists()  # failed before evaluating without the TTA
 

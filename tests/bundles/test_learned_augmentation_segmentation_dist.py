@@ -1,25 +1,30 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
-"""The learned-augmentation ``multi_gpu_train.json`` under ``torchrun --nproc_per_node=2`` on CPU (gloo).
+"""The learned-augmentation ``multi_gpu_train.json`` and ``multi_gpu_evaluate.json`` under ``torchrun
+--nproc_per_node=2`` on CPU (gloo).
 
 The default ``train.json`` is the joint method (JCSAugment, Li et al., IEEE TMI 2023): a class-specific training-time
 policy and a test-time policy, neither wrapped in DDP. Each rank saves its final segmenter, both policies and its
 step counters through an extra ``finalize`` entry: DDP keeps the segmenters identical, and the policies must stay
 identical too (broadcast from rank 0 at start, policy gradients averaged over the ranks before every TRA / TEA step,
 ``engines.finish_auxiliary_step``), and so must the probability tables the loader workers of each rank sample from.
+In a distributed evaluation every rank reads the test-time policy file and applies the same learned TTA (here with
+zooms and rotations, which interpolate) to its share of the cases: the table equals one process's.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from monai_imbalance.augment import AugmentationPolicy
+from monai_imbalance.augment import AugmentationPolicy, TestTimePolicy, save_policy
 from monai_imbalance.data import make_phantom_dataset
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "learned_augmentation_segmentation" / "configs"
@@ -67,3 +72,34 @@ def test_two_ranks_learn_the_same_policies(tmp_path, tiny_overrides):
     for k, v in ranks[0]["policy"].items():
         assert torch.equal(latest["policy"][k], v), k
     assert sorted(p.name for p in (tmp_path / "eval" / "policy").glob("*.png")) == ["policy_epoch0001.png"]
+
+
+def test_two_ranks_evaluate_with_the_same_learned_tta(tmp_path, bundle_harness):
+    bundle = bundle_harness("learned_augmentation_segmentation")
+    dataset = make_phantom_dataset(tmp_path / "data", num_training=2, num_validation=1, num_test=2, num_external=1)
+    bundle.run(["train.json", "variants/none.json"], dataset, tmp_path, epochs=1)  # the segmenter only
+    chosen = {"rotate_z+25": 0.3, "identity": 0.25, "scale+0.45": 0.2, "rot90_xy+": 0.15}  # top 4 of 84
+    save_policy(TestTimePolicy(init=chosen), tmp_path / "models" / "test_time_policy")
+    settings = {"tta": "learned", "tta_top_k": 4}
+    bundle.run(["train.json", "evaluate.json"], dataset, tmp_path, output_dir=str(tmp_path / "single"), **settings)
+    dump = bundle.rank_dump_file(
+        tmp_path,
+        transforms="@validate#inferer.transform_names",
+        weights="@validate#inferer.weights",
+        iterations="@validate#evaluator.state.iteration",
+    )
+    configs = ["train.json", "evaluate.json", "multi_gpu_evaluate.json", dump]
+    bundle.torchrun("evaluating", configs, dataset, tmp_path, output_dir=str(tmp_path / "dist"), **settings)
+    ranks = bundle.rank_dumps(tmp_path)
+    assert [r["iterations"] for r in ranks] == [2, 1]
+    for r in ranks:  # each rank read the file and uses its top 4, renormalised
+        assert r["transforms"] == list(chosen)
+        assert r["weights"] == pytest.approx([v / sum(chosen.values()) for v in chosen.values()], abs=1e-6)
+    rows = bundle.read_csv(tmp_path / "dist" / "metrics_per_case.csv")
+    expected = bundle.read_csv(tmp_path / "single" / "metrics_per_case.csv")
+    assert len(rows) == len(expected) == 3 and len({r["case"] for r in rows}) == 3
+    for got, want in zip(rows, expected, strict=True):
+        assert (got["split"], got["case"], got["n_pred"]) == (want["split"], want["case"], want["n_pred"])
+        for metric in ("dice", "sensitivity", "precision", "hd95"):
+            x, y = float(got[metric]), float(want[metric])
+            assert (math.isnan(x) and math.isnan(y)) or abs(x - y) <= 1e-6, (metric, got, want)

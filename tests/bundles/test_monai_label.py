@@ -15,6 +15,11 @@ One known incompatibility of MONAI Label 0.8.5 with MONAI 1.6.1, not specific to
 the task (see ``SCRIPT``): ``Spacingd`` writes meta data into every ``image_*`` key, including MONAI Label's
 ``image_path`` string.
 
+The learned-augmentation bundle's ``inferer`` is the package's ``LearnedTTAInferer`` (a MONAI ``Inferer``) when
+``models/test_time_policy.pt`` is there: MONAI Label builds it from ``inference.json`` like any inferer (without
+running the config's ``initialize``) and calls it with ``(inputs, network)``; the policy file is read on that first
+call, and the test checks that the inferer MONAI Label called used the file's top-K transforms.
+
 Skipped (with the pip error) when the packages cannot be installed.
 """
 
@@ -33,10 +38,11 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigWorkflow
 
+from monai_imbalance.augment import TestTimeTransformPool, load_policy
 from monai_imbalance.data import make_phantom_dataset
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
-SEGMENTATION_BUNDLES = ["asymmetric_segmentation", "context_label_segmentation"]
+SEGMENTATION_BUNDLES = ["asymmetric_segmentation", "context_label_segmentation", "learned_augmentation_segmentation"]
 #: monailabel and what ``import monailabel.tasks.infer.bundle`` needs beyond this project's requirements
 PACKAGES = [
     "monailabel==0.8.5",
@@ -88,8 +94,12 @@ SCRIPT = textwrap.dedent(
     assert task.is_valid()
     label_file, result = task({"image": image, "device": "cpu"})
     seg = np.asarray(nib.load(label_file).dataobj)
+    inferer = task.inferer({"device": "cpu"})  # the object MONAI Label built from the config and called
+    loaded = getattr(inferer, "loaded", None)  # read before transform_names, which would load a policy file
     print("RESULT " + json.dumps({"labels": task.labels, "shape": list(seg.shape),
-                                  "values": sorted(int(v) for v in np.unique(seg)), "type": str(task.type)}))
+                                  "values": sorted(int(v) for v in np.unique(seg)), "type": str(task.type),
+                                  "inferer": type(inferer).__name__, "loaded": loaded,
+                                  "tta": inferer.transform_names if loaded else None}))
     """
 )
 
@@ -151,3 +161,10 @@ def test_bundle_infer_task_segments_a_phantom(name, monailabel_path, tmp_path, t
     assert set(result["values"]) <= {0, 1}  # only the bundle's classes (no context channel leaks)
     assert "segmentation" in result["type"].lower()
     assert np.isfinite(result["shape"]).all()
+    if name == "learned_augmentation_segmentation":  # training (joint) wrote a test-time policy: the learned TTA
+        top_k = inference["tta_top_k"]
+        indices, _ = load_policy(bundle / "models" / "test_time_policy").top_k(top_k)
+        assert result["inferer"] == "LearnedTTAInferer" and result["loaded"] is True  # read on MONAI Label's call
+        assert result["tta"] == [TestTimeTransformPool().names[i] for i in indices]
+    else:
+        assert result["inferer"] == "SlidingWindowInferer"
