@@ -303,7 +303,11 @@ def _grads(
 
 
 def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    """Whether every element of every tensor is finite, with one host synchronisation (not one per tensor)."""
+    if not tensors:
+        return True
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
 
 def _norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -342,7 +346,8 @@ def lookahead_hypergradient(
         train_loss: ``params -> L_tr``, a scalar tensor: the caller's closure, running the segmenter with
             :func:`functional_forward` (``model``, ``params``, inputs) on the training batch, depending on ``aux``
             through autograd (a soft target or loss weights built from ``aux``, or a generator whose parameters are
-            ``aux``). Called three times (``"finite_difference"``) or once (``"exact"``).
+            ``aux``). Called three times (``"finite_difference"``) or once (``"exact"``); the first call is at
+            ``theta`` itself, so a caller may keep that call's prediction (the normal step's forward pass).
         val_loss: ``params -> L_val``, a scalar tensor, on the validation batch (CoLab: the same training patch).
         aux: the auxiliary tensors, each with ``requires_grad``: leaf parameters (a generator ``nn.Module`` stands for
             its trainable parameters), or non-leaf tensors in the middle of a graph (soft labels ``softmax(gen(x))``

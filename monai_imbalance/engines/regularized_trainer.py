@@ -78,6 +78,7 @@ import torch
 from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys as Keys
 from monai.utils import IgniteInfo, min_version, optional_import
 
@@ -92,7 +93,8 @@ from .adversarial import (
     rare_direction_loss,
 )
 from .augmentation_policy import AugmentationPolicyLearner
-from .context_labels import ContextLabelLearner, ContextTargetLoss
+from .auxiliary_step import is_distributed
+from .context_labels import ContextLabelLearner, ContextTargetLoss, LookaheadTrainStep, _unwrap
 from .mixup import _as_plain, mixup_images, mixup_labels, sample_mixup_lambda
 
 if TYPE_CHECKING:
@@ -241,10 +243,11 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         context_labels: context-label training (CoLab, Li et al., IEEE TMI 2023): a
             :class:`~monai_imbalance.engines.ContextLabelLearner` or its JSON settings (``num_classes``,
             ``num_context``, ``generator``, ``optimizer``, ``lr_scheduler``, ``meta_interval``, ``mask_key``,
-            ``context_key``, ``method``, ``r``, ``meta_lr``). The loss is then called with the ``K``-channel soft
-            target (``network`` must have ``C + t - 1`` outputs) and the generator's meta step runs before step 1
-            every ``meta_interval`` iterations; see :mod:`monai_imbalance.engines.context_labels`. Not combined with
-            ``adversarial`` / ``mixup``.
+            ``context_key``, ``method``, ``r``, ``meta_lr``, ``reuse_lookahead_gradient``). The loss is then called
+            with the ``K``-channel soft target (``network`` must have ``C + t - 1`` outputs) and the generator's meta
+            step runs before step 1 every ``meta_interval`` iterations; see
+            :mod:`monai_imbalance.engines.context_labels`. Not combined with ``adversarial`` / ``mixup``;
+            ``reuse_lookahead_gradient`` needs a ``SimpleInferer`` and ``accumulation_steps=1``.
         augmentation_policy: learned augmentation (JCSAugment, Li et al., IEEE TMI 2023): an
             :class:`~monai_imbalance.engines.AugmentationPolicyLearner` or its JSON settings (``num_classes``,
             ``policy``, ``optimizer``, ``shared``, ``test_time_policy``, ``test_time_optimizer``,
@@ -299,6 +302,11 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         if context_labels is not None:
             context_labels.check_segmenter(network)
             loss_function = ContextTargetLoss(loss_function, context_labels)
+            if context_labels.reuse_lookahead_gradient and kwargs.get("accumulation_steps", 1) != 1:
+                raise ValueError(
+                    f"context_labels reuse_lookahead_gradient=true cannot be combined with accumulation_steps="
+                    f"{kwargs['accumulation_steps']!r} (the reused step replaces the gradient); use 1."
+                )
         if adversarial is not None and not isinstance(adversarial, AdversarialConfig):
             adversarial = AdversarialConfig.from_mapping(adversarial)
         if mixup is not None and not isinstance(mixup, MixupConfig):
@@ -329,6 +337,12 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         self.augmentation_policy: AugmentationPolicyLearner | None = augmentation_policy
         self._step_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._reused_r_adv: torch.Tensor | None = None
+        if context_labels is not None and context_labels.reuse_lookahead_gradient:
+            if type(self.inferer) is not SimpleInferer:
+                raise ValueError(
+                    "context_labels reuse_lookahead_gradient=true needs a monai.inferers.SimpleInferer (the look-ahead "
+                    f"calls the segmenter directly), got inferer {type(self.inferer).__name__}."
+                )
         if context_labels is not None:
             self.add_event_handler(Events.STARTED, lambda _: context_labels.broadcast_generator())
         if augmentation_policy is not None:
@@ -576,11 +590,16 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         mask = learner.mask(batchdata, image.device)
         extra: dict[str, Any] = {}
         if learner.is_meta_iteration(engine.state.iteration):
+            engine.network.train()  # as step 1: after a validation run the segmenter is in eval mode
             extra.update(
                 learner.meta_step(
                     engine.network, engine.loss_function.loss_function, engine.optimizer, image, label, mask
                 )
             )
+            reused = learner.pop_train_step()  # None unless reuse_lookahead_gradient (and a finite gradient)
+            if reused is not None:
+                self._step_from_lookahead(engine, batch[0], batch[1], reused)
+                return extra
         with torch.no_grad():
             engine.loss_function.probabilities = learner.probabilities(image, batchdata)
         engine.loss_function.mask = mask
@@ -590,6 +609,41 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
             engine.loss_function.probabilities = None
             engine.loss_function.mask = None
         return extra
+
+    def _step_from_lookahead(
+        self, engine: SupervisedTrainer, inputs: Any, targets: Any, step: LookaheadTrainStep
+    ) -> dict[str, Any]:
+        """Step 1 of a meta iteration from the look-ahead's pass at ``theta`` (``reuse_lookahead_gradient``).
+
+        ``SupervisedTrainer``'s events and output keys (``image``, ``label``, ``pred``, ``loss``), with the kept
+        prediction and loss instead of a forward pass and the kept gradient (averaged over the ranks under DDP, as
+        DDP's backward pass does) instead of a backward pass; then the optimizer steps (float32, no ``GradScaler``).
+        """
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: step.pred}
+        engine.network.train()
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.state.output[Keys.LOSS] = step.loss
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        params = dict(_unwrap(engine.network).named_parameters())
+        names = list(step.grads)
+        grads = [step.grads[k] for k in names]
+        if is_distributed():
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat /= torch.distributed.get_world_size()
+            grads = [f.view_as(g) for f, g in zip(torch.split(flat, [g.numel() for g in grads]), grads, strict=True)]
+        with torch.no_grad():
+            for name, grad in zip(names, grads, strict=True):
+                param = params[name]
+                if param.grad is None:
+                    param.grad = grad.to(param.dtype)
+                else:  # keep the existing tensor (it may be a view into DDP's gradient bucket)
+                    param.grad.copy_(grad)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
 
     def _merge_extra(self, engine: SupervisedTrainer, extra: dict[str, Any]) -> Any:
         """Add the extra steps' values to every item of ``engine.state.output`` and return it."""

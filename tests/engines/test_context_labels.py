@@ -13,6 +13,8 @@ import copy
 import pytest
 import torch
 from ignite.engine import Events
+from monai.engines.utils import IterationEvents
+from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from monai_imbalance.engines import ContextLabelLearner, ContextTargetLoss, RegularisedSupervisedTrainer
@@ -21,6 +23,7 @@ from monai_imbalance.losses import ContextLabelLoss, compose_context_target, con
 C, T = 2, 2
 K = C + T - 1
 SHAPE = (6, 6, 6)
+_STEP_EVENTS = ("FORWARD_COMPLETED", "LOSS_COMPLETED", "BACKWARD_COMPLETED", "MODEL_COMPLETED")
 
 
 class TinySeg(nn.Module):
@@ -221,3 +224,98 @@ def test_trainer_rejects_channel_mismatch_and_extra_steps():
     wrong_generator.generator = TinySeg(3)
     with pytest.raises(ValueError, match="generator has out_channels=3"):
         _trainer(wrong_generator)
+
+
+def _twin_trainers(generator_lr: float, meta_interval: int = 1, **kw):
+    """The authors' order and the reuse path from identical initial states (same seeds, same data)."""
+    out = []
+    for reuse in (False, True):
+        learner = _learner(meta_interval=meta_interval, reuse_lookahead_gradient=reuse)
+        learner.optimizer = torch.optim.SGD(learner.generator.parameters(), lr=generator_lr)
+        out.append((learner, _trainer(learner, **kw)))
+    return out
+
+
+def test_reused_lookahead_step_equals_a_step_on_the_pre_update_target():
+    (plain, plain_trainer), (learner, trainer) = _twin_trainers(generator_lr=1.0, epoch_length=1)
+    batch = trainer.data_loader[0]
+    x, y = batch["image"], batch["label"]
+    reference = copy.deepcopy(trainer.network)
+    with torch.no_grad():
+        q_before = torch.softmax(learner.generator(x), 1)  # the generator before its meta update
+    ref_pred = reference(x)
+    ref_loss = ContextLabelLoss()(ref_pred, compose_context_target(q_before, y, C))
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    ref_opt.zero_grad()
+    ref_loss.backward()
+    ref_opt.step()
+
+    fired = []
+    for event in (Events.ITERATION_STARTED, *[getattr(IterationEvents, n) for n in _STEP_EVENTS]):
+        trainer.add_event_handler(event, lambda e, name=str(event): fired.append(name))
+    outputs = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(dict(e.state.output[0])))
+    plain_trainer.run()
+    trainer.run()
+    assert learner.steps == 1 and learner.skipped == 0 and "meta_loss" in outputs[0]
+    assert len(fired) == 1 + len(_STEP_EVENTS)  # the SupervisedTrainer events of step 1, once each
+    # step 1 reused the look-ahead: the prediction, loss and update of the pre-update target
+    torch.testing.assert_close(outputs[0]["pred"], ref_pred[0].detach(), rtol=1e-6, atol=1e-6)
+    assert abs(outputs[0]["loss"] - float(ref_loss.detach())) < 1e-6
+    for (name, p), r in zip(trainer.network.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-6, msg=name)
+    # the generator's update is the authors' one; step 1 differs from theirs by the generator's step in the target
+    for a, b in zip(plain.generator.parameters(), learner.generator.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    diff = max(
+        float((a - b).detach().abs().max())
+        for a, b in zip(plain_trainer.network.parameters(), trainer.network.parameters(), strict=True)
+    )
+    assert diff > 1e-6
+
+
+def test_reused_lookahead_step_is_the_default_step_when_the_generator_does_not_move():
+    """Generator learning rate 0: the pre- and post-update targets agree, so both orders give the same training."""
+    (_, plain_trainer), (learner, trainer) = _twin_trainers(generator_lr=0.0, meta_interval=2, epochs=2)
+    seen = {id(plain_trainer): [], id(trainer): []}
+    for t in (plain_trainer, trainer):
+        t.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen[id(e)].append(dict(e.state.output[0])))
+        t.run()
+    assert learner.steps == 3 and trainer.state.iteration == 6
+    for a, b in zip(seen[id(plain_trainer)], seen[id(trainer)], strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-6 and ("meta_loss" in a) == ("meta_loss" in b)
+        torch.testing.assert_close(a["pred"], b["pred"], rtol=1e-6, atol=1e-6)
+    for a, b in zip(plain_trainer.network.parameters(), trainer.network.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_reuse_falls_back_without_a_finite_gradient_and_checks_its_settings():
+    learner = _learner(reuse_lookahead_gradient=True)
+    batch = _batch()
+
+    def nan_loss(pred, target):
+        return ContextLabelLoss()(pred, target) * float("nan")
+
+    seg = TinySeg()
+    learner.meta_step(seg, nan_loss, torch.optim.SGD(seg.parameters(), lr=0.1), batch["image"], batch["label"], None)
+    assert learner.pop_train_step() is None  # step 1 then runs as usual
+    learner.meta_step(seg, ContextLabelLoss(), torch.optim.SGD(seg.parameters(), lr=0.1), *batch.values(), None)
+    step = learner.pop_train_step()
+    assert step is not None and set(step.grads) == {k for k, _ in seg.named_parameters()}
+    assert learner.pop_train_step() is None  # handed out once
+    with pytest.raises(ValueError, match="reuse_lookahead_gradient must be true or false"):
+        _learner(reuse_lookahead_gradient="yes")
+    with pytest.raises(ValueError, match="SimpleInferer"):
+        _trainer(_learner(reuse_lookahead_gradient=True), inferer=SlidingWindowInferer(roi_size=SHAPE))
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        _trainer(_learner(reuse_lookahead_gradient=True), accumulation_steps=2)
+
+
+def test_meta_step_runs_the_segmenter_in_training_mode_after_validation():
+    learner = _learner()
+    trainer = _trainer(learner, epoch_length=1)
+    modes = []
+    trainer.network.register_forward_pre_hook(lambda m, _: modes.append(m.training))
+    trainer.network.eval()  # as a validation run leaves it
+    trainer.run()
+    assert learner.steps == 1 and modes and all(modes)
