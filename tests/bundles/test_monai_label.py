@@ -42,7 +42,12 @@ from monai_imbalance.augment import TestTimeTransformPool, load_policy
 from monai_imbalance.data import make_phantom_dataset
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
-SEGMENTATION_BUNDLES = ["asymmetric_segmentation", "context_label_segmentation", "learned_augmentation_segmentation"]
+SEGMENTATION_BUNDLES = [
+    "asymmetric_segmentation",
+    "context_label_segmentation",
+    "learned_augmentation_segmentation",
+    "performance_estimation",
+]
 #: monailabel and what ``import monailabel.tasks.infer.bundle`` needs beyond this project's requirements
 PACKAGES = [
     "monailabel==0.8.5",
