@@ -18,11 +18,13 @@ file, e.g. one that sets ``train#trainer#context_labels#reuse_lookahead_gradient
 ``ratio`` column compares each one with vanilla measured in the same run.
 
 Amortised cost of periodic steps (CoLab's meta step every ``meta_interval`` iterations): the trainer's iteration
-counter advances as in a real run, so with ``--statistic mean`` and ``--iters`` a multiple of the interval the mean is
+counter advances as in a real run (and its epoch is 1, so steps gated by a warm-up of 0 epochs run, as learned
+augmentation's TRA and TEA steps), so with ``--statistic mean`` and ``--iters`` a multiple of the interval the mean is
 the amortised step (the generator's forward pass of every iteration included); the ``meta`` column counts the meta
-steps inside the timed window. On a shared machine use ``--repeats``: the variants are then measured round after round
-(vanilla, variants, vanilla, ...), each round gives its own ratio, and the table reports the median step time, the
-median of the per-round ratios and the 1-minute load average around each measurement.
+steps inside the timed window (CoLab's meta steps; for learned augmentation its TRA steps plus its TEA steps). On a
+shared machine use ``--repeats``: the variants are then measured round after round (vanilla, variants, vanilla, ...),
+each round gives its own ratio, and the table reports the median step time, the median of the per-round ratios and the
+1-minute load average around each measurement.
 
 ``--interleave`` (for a machine whose load changes from minute to minute): all variants are built in one process and
 timed in alternating blocks of ``--block`` consecutive iterations (default 5, one CoLab meta cycle: every block holds
@@ -103,6 +105,17 @@ def time_loader(parser: ConfigParser, batches: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def _meta_steps(trainer: object) -> int | None:
+    """CoLab's meta steps, or learned augmentation's TRA plus TEA steps, taken so far (``None``: neither)."""
+    learner = getattr(trainer, "context_labels", None)
+    if learner is not None:
+        return learner.steps
+    learner = getattr(trainer, "augmentation_policy", None)
+    if learner is not None:
+        return learner.steps + learner.test_time_steps
+    return None
+
+
 def time_step(
     parser: ConfigParser, iters: int, warmup: int, statistic: str = "median", clock_name: str = "wall"
 ) -> tuple[float, float, int | None]:
@@ -110,7 +123,8 @@ def time_step(
 
     The trainer's iteration counter advances as in a real run, so steps that run every N iterations (CoLab's meta
     step) run at their real rate: use ``statistic="mean"`` and ``iters`` a multiple of N for their amortised cost.
-    The third value is the number of CoLab meta steps inside the timed iterations (``None`` without context labels).
+    The third value is the number of meta steps inside the timed iterations (:func:`_meta_steps`; ``None`` without
+    context labels or learned augmentation).
     ``clock_name="process"`` times with the process's CPU time instead of the wall clock (see the module docstring).
     """
     clock = time.process_time if clock_name == "process" else time.perf_counter
@@ -119,11 +133,11 @@ def time_step(
     batch = next(iter(parser.get_parsed_content("train#dataloader")))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    learner = getattr(trainer, "context_labels", None)
-    times, meta_before = [], 0
+    times, meta_before = [], _meta_steps(trainer)
+    trainer.state.epoch = 1  # ignite's epoch is 0 before run(); steps after a warm-up of 0 epochs run from epoch 1
     for i in range(warmup + iters):
-        if i == warmup and learner is not None:
-            meta_before = learner.steps
+        if i == warmup:
+            meta_before = _meta_steps(trainer)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         trainer.state.iteration = i + 1
@@ -133,7 +147,7 @@ def time_step(
             torch.cuda.synchronize(device)
         if i >= warmup:
             times.append(clock() - start)
-    meta = None if learner is None else learner.steps - meta_before
+    meta = None if meta_before is None else _meta_steps(trainer) - meta_before
     return (statistics.mean if statistic == "mean" else statistics.median)(times), _peak_memory_mb(device), meta
 
 
@@ -182,14 +196,14 @@ def interleaved(bundle: str, names: list[str], overrides: dict, args: argparse.N
 
     for run in runs:
         run["trainer"].state.iteration = 0
+        run["trainer"].state.epoch = 1  # 0 before run(): steps after a warm-up of 0 epochs run from epoch 1
         iterations(run, args.warmup)
     for round_ in range(max(1, args.repeats)):
         load = os.getloadavg()[0]
         for run in runs:
-            learner = getattr(run["trainer"], "context_labels", None)
-            before = 0 if learner is None else learner.steps
+            before = _meta_steps(run["trainer"])
             run["blocks"].append(iterations(run, args.block))
-            run["meta"].append(0 if learner is None else learner.steps - before)
+            run["meta"].append(0 if before is None else _meta_steps(run["trainer"]) - before)
         for run in runs:
             run["load"].append((load, os.getloadavg()[0]))
         ratios = ", ".join(f"{r['variant']} {r['blocks'][-1] / runs[0]['blocks'][-1]:.2f}" for r in runs[1:])

@@ -38,6 +38,44 @@ with ``Dice_fg`` the batch soft Dice over **all** foreground classes (the author
 ``g_z = d L_TEA / d w_z`` goes through the test-time policy's ``accumulate_hypergradient`` to its own optimizer
 (Adam, 5e-5 jointly, methods.md 3.8).
 
+Cost, and what is shared (all exact)
+------------------------------------
+A TRA iteration runs: the look-ahead's forward/backward pass at ``theta`` on the training batch, a forward/backward
+pass at ``theta'`` on the validation batch, two forward passes at ``theta +- R v`` on the training batch (their
+gradient goes to ``w`` only, not through the network); a TEA iteration ``Z`` forward passes of one patch without
+gradient; then the normal step. Two things make it cheaper without changing any result beyond float rounding:
+
+- The normal step of a TRA iteration reuses the look-ahead's pass at ``theta`` (``reuse_lookahead_gradient``,
+  default automatic; CoLab's machinery, :class:`~monai_imbalance.engines.context_labels.LookaheadTrainStep`).
+  ``L_tr(theta, w) = (1/B) sum_b w_b l_b`` is evaluated with straight-through weights whose value is exactly 1
+  (``w - w.detach() + 1``), on the batch the normal step trains on, at the parameters it starts from (the TEA step in
+  between does not change them; the policy update only changes the probabilities of future draws). Its gradient in
+  ``theta`` is therefore the normal step's whenever the trainer's loss has the gradient of ``(1/B) sum_b l_b`` with
+  respect to the prediction, as the bundle's ``DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)``
+  has with :func:`per_sample_ce_dice` (equal-sized patches: the mean voxel CE is the mean of the per-patch means,
+  ``DiceLoss``'s mean over ``(B, C-1)`` the mean of the per-patch means). The trainer checks this at every reuse on
+  the kept prediction (:meth:`AugmentationPolicyLearner.reused_step_loss`: two loss evaluations, no network pass)
+  and otherwise runs the normal step itself. The segmenter's buffers (BatchNorm running statistics) are left as the
+  normal step's forward pass would leave them; under DDP the gradient is averaged over the ranks. Not automatic (only
+  with ``reuse_lookahead_gradient=True``) under AMP or ``compile``: the reused gradient is then the float32 one where
+  the normal step's would be autocast.
+- The TEA step evaluates each distinct transform once (the ``Z`` draws repeat transforms; the prediction of one is
+  deterministic, noise included) and puts the transformed patches of one shape through the network in one forward
+  pass (``test_time_batch_size`` at a time); so does the TEA-transformed validation batch of the TRA step. Batching
+  is exact when the network acts on each sample alone (instance / group / layer norm, BatchNorm in eval mode with
+  running statistics, :func:`_uses_batch_statistics`); otherwise one patch per pass, as before.
+
+Measured on CPU (bundle ``learned_augmentation_segmentation`` on phantoms, DynUNet 16-32-64-128, 4 patches of 48^3,
+meta batch 2, ``Z = 10``, 1 thread, ``benchmarks/step_time.py --interleave --clock process``, mean over 4 rounds
+against the vanilla step): the joint TRA + TEA iteration (``meta_interval = test_time_interval = 1``) cost 4.0x and
+4.2x the vanilla step in two runs before these changes and 2.8x after (3.7x with ``reuse_lookahead_gradient=false``);
+TRA only (``learned_class_specific``) 2.85x / 3.0x before, 2.0x after. What remains is convolution-bound: the pass at
+``theta`` (1x, the normal step's), the validation pass at ``theta'`` (about 0.5x), the two forward passes at
+``theta +- R v`` (about 0.6x) and the TEA forward passes of about 7 distinct transforms of one patch (about 0.7x).
+Below that only settings that change the algorithm help, and they are opt-in: the authors' ``augupdate``
+(``meta_interval``) and ``test_time_interval`` amortise the two steps (same set-up: ``test_time_interval=2`` 2.4x,
+both 2: 1.8x).
+
 Skips: a look-ahead that reports ``skipped`` (non-finite or zero gradients), a non-finite TEA loss or a non-finite
 policy gradient skips that policy's optimizer step (Adam would still move on its momentum), is logged and counted in
 :attr:`AugmentationPolicyLearner.skipped` / :attr:`~AugmentationPolicyLearner.test_time_skipped`; the policy is left
@@ -74,6 +112,7 @@ policies, both optimizers and the step counters; tensors, containers and primiti
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -91,7 +130,7 @@ from monai_imbalance.augment import (
 )
 
 from .auxiliary_step import finish_auxiliary_step
-from .context_labels import _unwrap
+from .context_labels import LookaheadTrainPass, LookaheadTrainStep, _unwrap
 from .lookahead import LOOKAHEAD_METHODS, functional_forward, lookahead_hypergradient
 
 __all__ = [
@@ -138,6 +177,8 @@ _ALLOWED = (
     "normalize",
     "bins_key",
     "group_key",
+    "reuse_lookahead_gradient",
+    "test_time_batch_size",
 )
 
 
@@ -193,6 +234,21 @@ def foreground_dice_loss(pred: torch.Tensor, label: torch.Tensor, mask: torch.Te
     return loss(pred, label.long(), mask=mask)
 
 
+def _uses_batch_statistics(model: torch.nn.Module) -> bool:
+    """Whether a forward pass of ``model`` in its current mode mixes the samples of a batch.
+
+    BatchNorm normalises with the batch's statistics in training mode, and in eval mode too without running statistics
+    (``track_running_stats=False``); instance, group and layer normalisation, convolutions and activations act on each
+    sample alone. When this is ``False``, one forward pass of a stacked batch gives each sample the output of its own
+    forward pass (up to float rounding), which is how the TEA step and the TEA-transformed TRA validation batch are
+    batched.
+    """
+    return any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats)
+        for m in model.modules()
+    )
+
+
 def _int_setting(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
         raise ValueError(f"augmentation_policy {name} must be an integer >= {minimum}, got {name}={value!r}.")
@@ -235,6 +291,17 @@ class AugmentationPolicyLearner:
         normalize: divide by the per-group, per-op bin counts (True).
         bins_key: batch key of the sampled bins ``(B, O)``.
         group_key: batch key of the class-group indices ``(B,)``.
+        reuse_lookahead_gradient: on TRA iterations, let the trainer's normal step reuse the look-ahead's gradient
+            and prediction at ``theta`` instead of another forward/backward pass (module docstring, "Cost").
+            ``None`` (default): whenever that is exact, i.e. the trainer has a ``SimpleInferer``,
+            ``accumulation_steps=1``, no adversarial / mixup step, no AMP and no ``compile``, and its loss has the
+            gradient of ``L_tr(theta, w)`` with respect to the prediction (checked at every reuse,
+            :meth:`reused_step_loss`; a mismatch switches reuse off with a warning). ``True``: require it (the
+            settings above raise, a loss mismatch raises; AMP and ``compile`` allowed: the reused step is then the
+            float32 gradient). ``False``: never.
+        test_time_batch_size: patches per forward pass of the TEA step and of the TEA-transformed TRA validation
+            batch (``None``: all patches of one shape at once); the batching applies when the network does not
+            mix the samples of a batch (no BatchNorm using batch statistics), else one patch per pass.
         steps, skipped: TRA steps taken / skipped; test_time_steps, test_time_skipped: the same for TEA.
     """
 
@@ -263,11 +330,15 @@ class AugmentationPolicyLearner:
     normalize: bool = True
     bins_key: str = "policy_bins"
     group_key: str = "policy_group"
+    reuse_lookahead_gradient: bool | None = None
+    test_time_batch_size: int | None = None
     steps: int = 0
     skipped: int = 0
     test_time_steps: int = 0
     test_time_skipped: int = 0
     _val_iter: Iterator | None = field(default=None, init=False, repr=False)
+    _reuse: bool = field(default=False, init=False, repr=False)
+    _train_step: LookaheadTrainStep | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.num_classes = _int_setting("num_classes", self.num_classes, 2)
@@ -278,6 +349,14 @@ class AugmentationPolicyLearner:
         self.num_test_time_samples = _int_setting("num_test_time_samples", self.num_test_time_samples, 1)
         if self.test_time_patches is not None:
             self.test_time_patches = _int_setting("test_time_patches", self.test_time_patches, 1)
+        if self.test_time_batch_size is not None:
+            self.test_time_batch_size = _int_setting("test_time_batch_size", self.test_time_batch_size, 1)
+        if self.reuse_lookahead_gradient is not None and not isinstance(self.reuse_lookahead_gradient, bool):
+            raise ValueError(
+                "augmentation_policy reuse_lookahead_gradient must be true, false or null (automatic), got "
+                f"reuse_lookahead_gradient={self.reuse_lookahead_gradient!r}."
+            )
+        self._reuse = self.reuse_lookahead_gradient is True  # the trainer resolves null (resolve_reuse)
         if self.policy is None and self.test_time_policy is None:
             raise ValueError("augmentation_policy needs a policy (TRA), a test_time_policy (TEA), or both.")
         if self.policy is not None and not isinstance(self.policy, AugmentationPolicy):
@@ -357,6 +436,107 @@ class AugmentationPolicyLearner:
             and iteration % self.test_time_interval == 0
         )
 
+    # -- reusing the look-ahead's pass at theta for the normal step ---------------------------------------------
+    @property
+    def reuses_lookahead_gradient(self) -> bool:
+        """Whether TRA steps keep their pass at ``theta`` for the normal step (the setting, resolved)."""
+        return self._reuse
+
+    def resolve_reuse(self, blockers: Iterable[str] = (), inexact: Iterable[str] = ()) -> bool:
+        """Decide whether the trainer's normal step reuses the look-ahead's pass (``reuse_lookahead_gradient``).
+
+        Args:
+            blockers: trainer settings under which the reused step cannot replace the normal step (e.g. another
+                inferer); named in the error.
+            inexact: trainer settings under which it replaces it only up to precision (AMP, ``compile``): allowed
+                with ``reuse_lookahead_gradient=True``, not automatically.
+
+        Returns:
+            the decision (also :attr:`reuses_lookahead_gradient`).
+
+        Raises:
+            ValueError: ``reuse_lookahead_gradient=True`` with a blocker.
+        """
+        blockers, inexact = list(blockers), list(inexact)
+        if self.reuse_lookahead_gradient is True and blockers:
+            raise ValueError(
+                f"augmentation_policy reuse_lookahead_gradient=true cannot be used with {'; '.join(blockers)}; set it "
+                "to null (reuse only where exact) or false."
+            )
+        if self.reuse_lookahead_gradient is None:
+            self._reuse = not blockers and not inexact
+            if not self._reuse:
+                logger.info(
+                    "learned augmentation: the normal step of a TRA iteration runs its own forward/backward pass "
+                    "(reuse of the look-ahead's pass is off with %s).",
+                    "; ".join(blockers + inexact),
+                )
+        else:
+            self._reuse = bool(self.reuse_lookahead_gradient)
+        return self._reuse
+
+    def pop_train_step(self) -> LookaheadTrainStep | None:
+        """The last TRA step's pass at ``theta`` (kept when :attr:`reuses_lookahead_gradient`), once; else ``None``."""
+        step, self._train_step = self._train_step, None
+        return step
+
+    def reused_step_loss(
+        self, loss_function: Callable[[Any, Any], torch.Tensor], step: LookaheadTrainStep, label: Any
+    ) -> torch.Tensor | None:
+        """The trainer's loss on the kept prediction, when its gradient is the look-ahead's; else ``None``.
+
+        The reused gradient is ``grad_theta L_tr(theta, w) = J^T grad_pred L_tr`` (``J``: the network's Jacobian at
+        ``theta`` on this batch, ``w`` of value exactly 1). It is the normal step's gradient ``J^T grad_pred loss``
+        exactly when the two losses have the same gradient with respect to the prediction, which is checked here on
+        the kept prediction at the price of two loss evaluations and their backward passes to the prediction (no
+        network pass): ``||g_trainer - g_tra|| <= 1e-4 ||g_trainer||`` (float rounding gives about ``1e-7``). It holds
+        when the trainer's loss is the batch mean of this learner's per-sample loss, e.g. the bundle's
+        ``DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)`` and :func:`per_sample_ce_dice` on
+        equal-sized patches; a batch Dice, class weights or deep-supervision heads in the trainer's loss do not.
+
+        Args:
+            loss_function: the trainer's loss, ``loss(pred, label)``.
+            step: the kept pass (its ``pred``: a tensor, or a list / tuple of heads).
+            label: the batch's label ``(B, 1, *spatial)``, as the trainer gives it to its loss.
+
+        Returns:
+            the trainer's loss (detached scalar), or ``None`` (run the normal step): the gradients differ (a warning,
+            and reuse is switched off in automatic mode) or a loss is not finite (this iteration only).
+
+        Raises:
+            ValueError: the gradients differ and ``reuse_lookahead_gradient=True``.
+        """
+        heads = [step.pred] if isinstance(step.pred, torch.Tensor) else list(step.pred)
+        leaves = [h.detach().requires_grad_(True) for h in heads]
+        pred = leaves[0] if isinstance(step.pred, torch.Tensor) else type(step.pred)(leaves)
+        with torch.enable_grad():
+            theirs = loss_function(pred, label).mean()
+            mine = self._per_sample_loss(pred, _plain(label)).mean()
+            grads = [torch.autograd.grad(v, leaves, allow_unused=True) for v in (theirs, mine)]
+        theirs, mine = theirs.detach(), mine.detach()
+        if not (math.isfinite(float(theirs)) and math.isfinite(float(mine))):
+            return None
+        diff = ref = 0.0
+        for a, b, leaf in zip(*grads, leaves, strict=True):
+            a = torch.zeros_like(leaf) if a is None else a
+            b = torch.zeros_like(leaf) if b is None else b
+            diff += float(((a.double() - b.double()) ** 2).sum())
+            ref += float((a.double() ** 2).sum())
+        if math.sqrt(diff) <= 1e-4 * math.sqrt(ref):
+            return theirs
+        relative = math.sqrt(diff / max(ref, 1e-300))
+        msg = (
+            f"the trainer's loss ({float(theirs):.7g}) and the TRA training loss L_tr(theta, w) ({float(mine):.7g}) "
+            f"have different gradients on the same prediction (relative difference {relative:.2g}): "
+            "the look-ahead's gradient is not the normal step's. Give the learner a per-sample loss_function whose "
+            "batch mean is the trainer's loss"
+        )
+        if self.reuse_lookahead_gradient is True:
+            raise ValueError(f"augmentation_policy reuse_lookahead_gradient=true: {msg}.")
+        logger.warning("%s; the normal step now runs its own forward/backward pass.", msg)
+        self._reuse = False
+        return None
+
     # -- data ----------------------------------------------------------------------------------------------------
     def validation_batch(self) -> Any:
         """The next held-out validation batch (the loader is restarted when exhausted)."""
@@ -428,32 +608,42 @@ class AugmentationPolicyLearner:
             generator: optional ``torch.Generator`` for the re-drawn Gumbel noise of the weights.
 
         Returns:
-            ``{"policy_meta_loss": L_val(theta'), "policy_meta_skipped": 0.0 or 1.0}``.
+            ``{"policy_meta_loss": L_val(theta'), "policy_meta_skipped": 0.0 or 1.0}``. When
+            :attr:`reuses_lookahead_gradient`, the pass at ``theta`` is kept for :meth:`pop_train_step`.
         """
         assert self.policy is not None and self.optimizer is not None
+        self._train_step = None
         segmenter = _unwrap(network)
         lr = float(self.meta_lr if self.meta_lr is not None else segmenter_optimizer.param_groups[0]["lr"])
         val_image, val_label = validation
         transforms = self._validation_transforms(val_image.shape[0])
         mask = None if transforms is None else self._field_of_view(val_image, transforms)
+        batched = not _uses_batch_statistics(segmenter)
         weights: PolicyWeights = self.policy.weights(bins, groups, generator=generator)
         w = weights.weight
+        # value exactly 1 (the straight-through value 1 - y + y is 1 only up to rounding), gradient of w: L_tr(theta, w)
+        # and its gradient in theta are then those of the unweighted batch loss, the normal step's
+        w_one = (w - w.detach()) + 1.0
+        first = LookaheadTrainPass(segmenter, self._reuse)
 
         def train_loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
-            per_sample = self._per_sample_loss(functional_forward(segmenter, params, image), label)
-            return (w.to(per_sample.dtype) * per_sample).mean()
+            pred = functional_forward(segmenter, params, image)
+            first.keep(pred)  # the first call is at theta (lookahead_hypergradient)
+            per_sample = self._per_sample_loss(pred, label)
+            return (w_one.to(per_sample.dtype) * per_sample).mean()
 
         def val_loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
             if transforms is None:
                 pred = _logits(functional_forward(segmenter, params, val_image), val_image.ndim)
             else:
                 pred = self._transformed_prediction(
-                    lambda x: _logits(functional_forward(segmenter, params, x), x.ndim), val_image, transforms
+                    lambda x: _logits(functional_forward(segmenter, params, x), x.ndim), val_image, transforms, batched
                 )
             return self._validation_loss(pred, val_label, mask)
 
         result = lookahead_hypergradient(segmenter, train_loss, val_loss, [w], lr, method=self.method, r=self.r)
         self.steps += 1
+        self._train_step = first.step(result)
         self.optimizer.zero_grad(set_to_none=True)
         skipped, reason = result.skipped, result.reason
         if not skipped:
@@ -492,17 +682,43 @@ class AugmentationPolicyLearner:
         ones = image.new_ones((1, *image.shape[2:]))
         return torch.stack([ones if c is None else (c > 0).to(image.dtype) for c in covers])
 
-    def _transformed_prediction(
-        self, predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, transforms: list[int]
-    ) -> torch.Tensor:
-        """``stack_b T_b^{-1}(predict(T_b(x_b)))``, ``(B, K, *spatial)`` (one transform per patch)."""
+    def _predict_pairs(
+        self,
+        predict: Callable[[torch.Tensor], torch.Tensor],
+        image: torch.Tensor,
+        pairs: list[tuple[int, int]],
+        batched: bool,
+    ) -> list[torch.Tensor]:
+        """``T_t^{-1}(predict(T_t(x_b)))`` ``(K, *spatial)`` for each ``(b, t)`` of ``pairs``, in order.
+
+        ``batched``: the transformed patches of one shape go through ``predict`` together, ``test_time_batch_size``
+        at a time (exact when the network does not mix samples, :func:`_uses_batch_statistics`); else one per call.
+        """
         assert self.test_time_policy is not None
         pool = self.test_time_policy.pool
-        out = []
-        for b, t in enumerate(transforms):
-            pred = predict(pool.forward(image[b], t)[None])
-            out.append(pool.inverse(pred[0], t))
-        return torch.stack(out)
+        inputs = [pool.forward(image[b], t) for b, t in pairs]
+        size = (self.test_time_batch_size or len(pairs)) if batched else 1
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(inputs):
+            by_shape.setdefault(tuple(x.shape), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(pairs)
+        for members in by_shape.values():
+            for start in range(0, len(members), size):
+                chunk = members[start : start + size]
+                pred = predict(torch.stack([inputs[i] for i in chunk]))
+                for j, i in enumerate(chunk):
+                    out[i] = pool.inverse(pred[j], pairs[i][1])
+        return out  # type: ignore[return-value]
+
+    def _transformed_prediction(
+        self,
+        predict: Callable[[torch.Tensor], torch.Tensor],
+        image: torch.Tensor,
+        transforms: list[int],
+        batched: bool = False,
+    ) -> torch.Tensor:
+        """``stack_b T_b^{-1}(predict(T_b(x_b)))``, ``(B, K, *spatial)`` (one transform per patch)."""
+        return torch.stack(self._predict_pairs(predict, image, list(enumerate(transforms)), batched))
 
     def _test_time_patches(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``test_time_patches`` patches of the batch, those holding foreground first."""
@@ -520,6 +736,9 @@ class AugmentationPolicyLearner:
         generator: torch.Generator | None = None,
     ) -> dict[str, float]:
         """One TEA policy update (methods.md 3.5); the segmenter is not updated (no gradient, eval mode).
+
+        Each distinct transform among the ``Z`` draws is evaluated once, the transformed patches batched (module
+        docstring, "Cost"); the loss of a draw is that of its transform.
 
         Args:
             network: the segmenter.
@@ -547,16 +766,21 @@ class AugmentationPolicyLearner:
 
         was_training = segmenter.training
         segmenter.eval()
-        losses = []
+        distinct = list(dict.fromkeys(chosen))  # a transform drawn twice has one (deterministic) loss
+        n = len(image)
         try:
             with torch.no_grad():
-                for t in chosen:
-                    pred = self._transformed_prediction(_predict, image, [t] * len(image))
-                    mask = self._field_of_view(image, [t] * len(image))
-                    losses.append(foreground_dice_loss(pred.float(), label, mask))
+                batched = not _uses_batch_statistics(segmenter)
+                pairs = [(b, t) for t in distinct for b in range(n)]
+                preds = self._predict_pairs(_predict, image, pairs, batched)
+                loss_of = {}
+                for j, t in enumerate(distinct):
+                    pred = torch.stack(preds[j * n : (j + 1) * n])
+                    mask = self._field_of_view(image, [t] * n)
+                    loss_of[t] = foreground_dice_loss(pred.float(), label, mask)
         finally:
             segmenter.train(was_training)
-        per_z = torch.stack(losses).to(weights.per_op.dtype)  # (Z,)
+        per_z = torch.stack([loss_of[t] for t in chosen]).to(weights.per_op.dtype)  # (Z,)
         w = weights.weight.detach().requires_grad_(True)
         loss = (w * per_z).sum() / w.sum()
         (grad_w,) = torch.autograd.grad(loss, w)
@@ -594,6 +818,7 @@ class AugmentationPolicyLearner:
         Returns:
             the values of the steps that ran (empty when none did).
         """
+        self._train_step = None
         it, epoch = engine.state.iteration, engine.state.epoch
         run_tra, run_tea = self.is_meta_iteration(it, epoch), self.is_test_time_iteration(it, epoch)
         if not (run_tra or run_tea):

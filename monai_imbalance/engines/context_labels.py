@@ -51,8 +51,10 @@ on one iteration in ``meta_interval``; when the generator step is skipped (zero 
 learning rate is 0, both paths give the same update (``tests/engines/test_context_labels.py``). It saves a generator
 forward pass and a segmenter forward/backward pass per meta step (amortised 2.0x -> 1.8x on the CPU set-up above).
 The reused step runs in float32 without autocast or ``GradScaler`` (as the meta step), averages the gradient over the
-ranks under DDP (as DDP's backward does), needs a ``SimpleInferer`` (the look-ahead calls the segmenter directly) and
-``accumulation_steps=1``; when the look-ahead's gradient is not finite the normal step runs as usual.
+ranks under DDP (as DDP's backward does), leaves the segmenter's buffers (BatchNorm running statistics) as the normal
+step's forward pass would (:class:`LookaheadTrainPass` keeps them after the look-ahead's pass at ``theta``), needs a
+``SimpleInferer`` (the look-ahead calls the segmenter directly) and ``accumulation_steps=1``; when the look-ahead's
+gradient is not finite the normal step runs as usual.
 
 Under DDP the generator is not wrapped: its hypergradient is averaged over the ranks with ``all_reduce`` before the
 generator's optimizer steps, and its parameters are broadcast from rank 0 when training starts, so every rank holds
@@ -74,9 +76,9 @@ from monai_imbalance.losses import compose_context_target, context_foreground_bc
 from monai_imbalance.networks import check_context_networks
 
 from .auxiliary_step import finish_auxiliary_step
-from .lookahead import apply_hypergradient, functional_forward, lookahead_hypergradient
+from .lookahead import LookaheadResult, apply_hypergradient, functional_forward, lookahead_hypergradient
 
-__all__ = ["ContextLabelLearner", "ContextTargetLoss", "LookaheadTrainStep", "highest_resolution"]
+__all__ = ["ContextLabelLearner", "ContextTargetLoss", "LookaheadTrainPass", "LookaheadTrainStep", "highest_resolution"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,16 +131,62 @@ def _optional_key(name: str, value: Any) -> str | None:
 class LookaheadTrainStep:
     """The look-ahead's training pass at ``theta``, kept for the normal step (``reuse_lookahead_gradient``).
 
+    Shared by CoLab (:class:`ContextLabelLearner`) and learned augmentation
+    (:class:`~monai_imbalance.engines.AugmentationPolicyLearner`); the trainer's ``_step_from_lookahead`` turns it
+    into the normal step.
+
     Attributes:
         pred: the segmenter's output at ``theta`` on the batch, detached (``(B, K, *spatial)``, or stacked deep
             supervision heads).
-        loss: ``L_tr(theta, q)``, the batch-mean training loss on the pre-update target, detached scalar.
-        grads: ``grad_theta L_tr(theta, q)`` by parameter name (of the unwrapped segmenter), detached, finite.
+        loss: ``L_tr(theta, aux)``, the batch-mean training loss of the look-ahead, detached scalar.
+        grads: ``grad_theta L_tr(theta, aux)`` by parameter name (of the unwrapped segmenter), detached, finite.
+        buffers: the segmenter's buffers right after that forward pass, by name (BatchNorm running statistics
+            updated once, as the normal step's forward pass would leave them; the look-ahead itself restores the
+            buffers), or ``None`` to leave them.
     """
 
     pred: Any
     loss: torch.Tensor
     grads: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor] | None = None
+
+
+class LookaheadTrainPass:
+    """Keeps the first ``train_loss`` call of :func:`~monai_imbalance.engines.lookahead_hypergradient` (at ``theta``).
+
+    A learner's ``train_loss`` closure calls :meth:`keep` with the segmenter's output; the first call (the one at
+    ``theta``) stores the detached output and the segmenter's buffers after it. :meth:`step` then combines them with
+    the look-ahead's ``train_loss`` and ``train_grads`` into a :class:`LookaheadTrainStep` for the normal step.
+
+    Args:
+        model: the segmenter the closure runs (unwrapped).
+        enabled: keep nothing when ``False`` (:meth:`step` returns ``None``).
+    """
+
+    def __init__(self, model: torch.nn.Module, enabled: bool = True) -> None:
+        self.model = model
+        self.enabled = bool(enabled)
+        self.pred: Any = None
+        self.buffers: dict[str, torch.Tensor] | None = None
+        self.kept = False
+
+    def keep(self, pred: Any) -> None:
+        """Store ``pred`` (a tensor or a list / tuple of tensors) and the buffers, on the first call only."""
+        if not self.enabled or self.kept:
+            return
+        self.kept = True
+        self.pred = pred.detach() if isinstance(pred, torch.Tensor) else [t.detach() for t in pred]
+        self.buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}
+
+    def step(self, result: LookaheadResult) -> LookaheadTrainStep | None:
+        """The kept pass with the look-ahead's loss and gradient at ``theta``; ``None`` when unusable.
+
+        Unusable: nothing kept, no ``train_grads``, or a gradient that is not finite (the normal step then runs as
+        usual and meets the same non-finite loss itself).
+        """
+        if not self.kept or result.train_grads is None or result.reason == "nonfinite_train_grad":
+            return None
+        return LookaheadTrainStep(self.pred, result.train_loss, result.train_grads, self.buffers)
 
 
 @dataclass
@@ -311,12 +359,11 @@ class ContextLabelLearner:
         # The target is composed once; every call of train_loss differentiates through the same graph to q.
         q = torch.softmax(self.generator(image), dim=1)
         target = self.target(q, label, mask)
-        kept: dict[str, Any] = {}
+        first = LookaheadTrainPass(segmenter, self.reuse_lookahead_gradient)
 
         def train_loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
             pred = functional_forward(segmenter, params, image)
-            if self.reuse_lookahead_gradient and not kept:  # the first call is at theta (lookahead_hypergradient)
-                kept["pred"] = pred.detach() if isinstance(pred, torch.Tensor) else [t.detach() for t in pred]
+            first.keep(pred)  # the first call is at theta (lookahead_hypergradient)
             return loss_function(pred, target).mean()
 
         def val_loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -325,9 +372,7 @@ class ContextLabelLearner:
 
         result = lookahead_hypergradient(segmenter, train_loss, val_loss, [q], lr, method=self.method, r=self.r)
         self.steps += 1
-        if self.reuse_lookahead_gradient and kept and result.train_grads is not None:
-            if result.reason != "nonfinite_train_grad":
-                self._train_step = LookaheadTrainStep(kept["pred"], result.train_loss, result.train_grads)
+        self._train_step = first.step(result)
         skipped, reason = result.skipped, result.reason
         self.optimizer.zero_grad(set_to_none=True)
         if not skipped:

@@ -254,7 +254,9 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
             ``validation_loader``, ``meta_interval``, ``test_time_interval``, ``warmup_epochs``, ...). Its TRA meta
             step and TEA step run before step 1 when due and add ``policy_meta_loss`` / ``policy_meta_skipped`` /
             ``test_time_loss`` / ``test_time_skipped`` to the output; step 1 is unchanged (the unweighted loss on
-            the policy-augmented batch). See :mod:`monai_imbalance.engines.augmentation_policy`.
+            the policy-augmented batch); on TRA iterations it takes the look-ahead's gradient at ``theta`` instead of
+            its own forward/backward pass where that is the same gradient (``reuse_lookahead_gradient``, default
+            automatic). See :mod:`monai_imbalance.engines.augmentation_policy`.
         kwargs: every other :class:`monai.engines.SupervisedTrainer` argument (``amp``, ``optim_set_to_none``,
             ``inferer``, ``postprocessing``, ``key_train_metric``, ``train_handlers``, ...). The extra steps call
             ``inferer(x, network)`` without the extra ``args``/``kwargs`` a custom ``prepare_batch`` may return.
@@ -346,9 +348,49 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         if context_labels is not None:
             self.add_event_handler(Events.STARTED, lambda _: context_labels.broadcast_generator())
         if augmentation_policy is not None:
+            self._resolve_policy_reuse(augmentation_policy, extras, kwargs.get("accumulation_steps", 1))
             self.add_event_handler(Events.STARTED, lambda _: augmentation_policy.broadcast())
         if extras:
             self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._keep_step_batch)
+
+    def _resolve_policy_reuse(self, learner: AugmentationPolicyLearner, extras: bool, accumulation_steps: Any) -> None:
+        """Tell the learner whether step 1 of a TRA iteration may reuse the look-ahead's pass (see ``_policy_step``)."""
+        blockers, inexact = [], []
+        if type(self.inferer) is not SimpleInferer:
+            blockers.append(f"inferer {type(self.inferer).__name__} (the look-ahead calls the segmenter directly)")
+        if accumulation_steps != 1:
+            blockers.append(f"accumulation_steps={accumulation_steps!r}")
+        if extras:
+            blockers.append("adversarial / mixup steps")
+        if self.amp:
+            inexact.append("amp (the reused gradient is float32, the normal step's autocast)")
+        if self.compile:
+            inexact.append("compile")
+        learner.resolve_reuse(blockers, inexact)
+
+    def _policy_step(self, engine: SupervisedTrainer, batchdata: Any) -> bool:
+        """Step 1 of a TRA iteration from the look-ahead's pass at ``theta``, when the learner kept one.
+
+        The TRA look-ahead's training loss ``L_tr(theta, w)`` is the per-sample loss weighted by ``w`` of value 1 on
+        this batch at these parameters (the TEA step in between does not change them), so its gradient is step 1's
+        when the trainer's loss has the same gradient with respect to the prediction, which the learner checks
+        (:meth:`~monai_imbalance.engines.AugmentationPolicyLearner.reused_step_loss`). The output's ``loss`` is the
+        trainer's loss on the kept prediction, as step 1 would report it.
+
+        Returns:
+            ``True`` when step 1 ran this way; ``False``: nothing kept or the losses differ, run step 1 as usual.
+        """
+        learner = self.augmentation_policy
+        step = None if learner is None else learner.pop_train_step()
+        if step is None:
+            return False
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        loss = learner.reused_step_loss(engine.loss_function, step, batch[1])
+        if loss is None:
+            return False
+        step.loss = loss
+        self._step_from_lookahead(engine, batch[0], batch[1], step)
+        return True
 
     def _keep_step_batch(self, engine: SupervisedTrainer) -> None:
         """Keep the device batch of step 1 (the output is decollated at ``MODEL_COMPLETED``)."""
@@ -556,6 +598,8 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         if self.context_labels is not None:
             return self._merge_extra(engine, {**policy, **self._context_iteration(engine, batchdata)})
         if self.adversarial is None and self.mixup is None:
+            if self._policy_step(engine, batchdata):  # TRA iteration: step 1 from the look-ahead's pass at theta
+                return self._merge_extra(engine, policy)
             output = super()._iteration(engine, batchdata)
             return self._merge_extra(engine, policy) if policy else output
         self._step_batch = None
@@ -617,7 +661,8 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
 
         ``SupervisedTrainer``'s events and output keys (``image``, ``label``, ``pred``, ``loss``), with the kept
         prediction and loss instead of a forward pass and the kept gradient (averaged over the ranks under DDP, as
-        DDP's backward pass does) instead of a backward pass; then the optimizer steps (float32, no ``GradScaler``).
+        DDP's backward pass does) instead of a backward pass, and the kept buffers (BatchNorm running statistics after
+        the pass at ``theta``); then the optimizer steps (float32, no ``GradScaler``).
         """
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: step.pred}
         engine.network.train()
@@ -634,6 +679,10 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
             flat /= torch.distributed.get_world_size()
             grads = [f.view_as(g) for f, g in zip(torch.split(flat, [g.numel() for g in grads]), grads, strict=True)]
         with torch.no_grad():
+            if step.buffers:
+                buffers = dict(_unwrap(engine.network).named_buffers())
+                for name, value in step.buffers.items():
+                    buffers[name].copy_(value)
             for name, grad in zip(names, grads, strict=True):
                 param = params[name]
                 if param.grad is None:

@@ -111,6 +111,7 @@ def test_defaults_follow_the_paper():
     assert isinstance(learner.optimizer, torch.optim.Adam) and learner.optimizer.defaults["lr"] == 5e-4
     assert learner.test_time_optimizer.defaults["lr"] == 5e-5
     assert _learner(validation_loss=1).validation_loss == "dice"  # the authors' softdsc numbers
+    assert learner.reuse_lookahead_gradient is None and learner.test_time_batch_size is None  # automatic, all at once
 
 
 def test_per_sample_ce_dice_by_hand():
@@ -520,3 +521,232 @@ def test_trainer_from_a_bundle_style_config():
     assert learner.steps == 1 and learner.validation_loss == "ce_dice" and learner.optimizer.defaults["lr"] == 5e-4
     assert learner.shared is parser.get_parsed_content("shared_policy")
     assert not torch.equal(before, learner.policy.probability_matrix())
+
+
+# -- cost: step 1 of a TRA iteration from the look-ahead, batched TEA ---------------------------------------------
+class NormSeg(nn.Module):
+    """A tiny segmenter with a normalisation layer (``nn.InstanceNorm3d`` or ``nn.BatchNorm3d``)."""
+
+    def __init__(self, norm: type[nn.Module] = nn.InstanceNorm3d, out_channels: int = 2) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(1, 3, 3, padding=1)
+        self.norm = norm(3, affine=True)
+        self.conv2 = nn.Conv3d(3, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.tanh(self.norm(self.conv1(x))))
+
+
+def _bundle_loss():
+    """The bundle's training loss (train.json): the batch mean of per_sample_ce_dice on equal-sized patches."""
+    from monai.losses import DiceCELoss
+
+    return DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
+
+
+def _policy_trainer(net, loss, reuse, epochs=2, seed=0, **kw):
+    """A trainer with TRA (every iteration) and TEA (every 2nd), identical data and seeds for each call."""
+    torch.manual_seed(seed)
+    policy = AugmentationPolicy()
+    tea = TestTimePolicy(TestTimeTransformPool(["identity", "mirror_x", "rot90_yz+", "scale+0.05"]))
+    val = [{"image": _data(30 + i, b=2)[0], "label": _data(30 + i, b=2)[1]} for i in range(2)]
+    config = {
+        "num_classes": 2,
+        "policy": policy,
+        "optimizer": torch.optim.Adam(policy.parameters(), lr=1e-1),
+        "test_time_policy": tea,
+        "validation_loader": val,
+        "test_time_interval": 2,
+        "num_test_time_samples": 3,
+        "reuse_lookahead_gradient": reuse,
+    }
+    trainer = RegularisedSupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=_training_batches(policy, 3),
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9),
+        loss_function=loss,
+        augmentation_policy=config,
+        **kw,
+    )
+    outputs, forwards = [], []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(dict(e.state.output[0])))
+    net.register_forward_hook(lambda *_: forwards.append(1))
+    return trainer, outputs, forwards
+
+
+@pytest.mark.parametrize("norm", [nn.InstanceNorm3d, nn.BatchNorm3d])
+def test_reused_step_equals_the_separate_normal_step(norm):
+    """The default reuses the look-ahead's pass at theta; the training is that of a separate normal step (to 1e-6)."""
+    torch.manual_seed(1)
+    net = NormSeg(norm)
+    twins = {reuse: _policy_trainer(copy.deepcopy(net), _bundle_loss(), reuse) for reuse in (None, False)}
+    for trainer, _, _ in twins.values():
+        torch.manual_seed(3)  # the same draws (TEA transforms, Gumbel noise) in both runs
+        trainer.run()
+    (reused, out_r, fwd_r), (plain, out_p, fwd_p) = twins[None], twins[False]
+    assert (
+        reused.augmentation_policy.reuses_lookahead_gradient and not plain.augmentation_policy.reuses_lookahead_gradient
+    )
+    assert reused.augmentation_policy.steps == plain.augmentation_policy.steps == 6
+    assert len(fwd_p) - len(fwd_r) == 6  # one segmenter forward pass fewer per TRA iteration
+    for a, b in zip(out_r, out_p, strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-6 and a["policy_meta_loss"] == pytest.approx(b["policy_meta_loss"], 1e-5)
+        torch.testing.assert_close(a["pred"], b["pred"], rtol=1e-6, atol=1e-6)
+    for a, b in zip(reused.network.state_dict().values(), plain.network.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)  # parameters and BatchNorm running statistics
+    if norm is nn.BatchNorm3d:
+        assert int(reused.network.norm.num_batches_tracked) == 6  # step 1's forward pass, once per iteration
+    pr, pp = reused.augmentation_policy, plain.augmentation_policy
+    torch.testing.assert_close(pr.policy.probability_matrix(), pp.policy.probability_matrix(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(pr.test_time_policy.logits, pp.test_time_policy.logits, rtol=1e-5, atol=1e-7)
+
+
+def test_reused_step_is_an_sgd_step_on_the_bundle_loss():
+    """An independent step: SGD on DiceCELoss of the batch at theta, by autograd on a copy of the network."""
+    torch.manual_seed(2)
+    net = NormSeg()
+    reference = copy.deepcopy(net)
+    trainer, outputs, _ = _policy_trainer(net, _bundle_loss(), None, epochs=1, epoch_length=1)
+    batch = trainer.data_loader[0]
+    ref_loss = _bundle_loss()(reference(batch["image"]), batch["label"])
+    ref_loss.backward()
+    trainer.run()
+    assert trainer.augmentation_policy.steps == 1 and abs(outputs[0]["loss"] - float(ref_loss.detach())) < 1e-6
+    for p, r in zip(trainer.network.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, r - 0.5 * r.grad, rtol=1e-6, atol=1e-6)  # SGD, lr 0.5, first momentum step
+
+
+def test_reuse_checks_the_loss_and_the_trainer(caplog):
+    from monai.inferers import SlidingWindowInferer
+    from monai.losses import DiceCELoss
+
+    # a trainer loss other than the batch mean of the learner's per-sample loss (batch Dice): no reuse
+    batch_dice = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    net = NormSeg()
+    auto, out_a, fwd_a = _policy_trainer(copy.deepcopy(net), batch_dice, None, epochs=1)
+    plain, out_p, fwd_p = _policy_trainer(copy.deepcopy(net), batch_dice, False, epochs=1)
+    torch.manual_seed(3)
+    with caplog.at_level(logging.WARNING):
+        auto.run()
+    torch.manual_seed(3)
+    plain.run()
+    assert caplog.text.count("have different gradients on the same prediction") == 1
+    assert not auto.augmentation_policy.reuses_lookahead_gradient and len(fwd_a) == len(fwd_p)
+    for a, b in zip(auto.network.parameters(), plain.network.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    required, _, _ = _policy_trainer(copy.deepcopy(net), batch_dice, True, epochs=1)
+    with pytest.raises(ValueError, match="different gradients"):
+        required.run()
+    # trainer settings: automatic reuse switches off, a required one raises
+    sliding = {"inferer": SlidingWindowInferer(roi_size=SHAPE)}
+    assert not _policy_trainer(NormSeg(), _bundle_loss(), None, **sliding)[
+        0
+    ].augmentation_policy.reuses_lookahead_gradient
+    with pytest.raises(ValueError, match="SlidingWindowInferer"):
+        _policy_trainer(NormSeg(), _bundle_loss(), True, **sliding)
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        _policy_trainer(NormSeg(), _bundle_loss(), True, accumulation_steps=2)
+    learner = _learner(reuse_lookahead_gradient=None)
+    assert not learner.resolve_reuse([], ["amp"]) and _learner(reuse_lookahead_gradient=True).resolve_reuse([], ["amp"])
+    assert learner.resolve_reuse([], []) and not _learner(reuse_lookahead_gradient=False).resolve_reuse([], [])
+    for bad in ({"reuse_lookahead_gradient": "yes"}, {"test_time_batch_size": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            _learner(**bad)
+
+
+def test_uses_batch_statistics():
+    from monai_imbalance.engines.augmentation_policy import _uses_batch_statistics
+
+    assert not _uses_batch_statistics(NormSeg(nn.InstanceNorm3d)) and not _uses_batch_statistics(TinySeg())
+    bn = NormSeg(nn.BatchNorm3d)
+    assert _uses_batch_statistics(bn) and not _uses_batch_statistics(bn.eval())
+    bn.norm.track_running_stats = False  # batch statistics in eval mode too
+    assert _uses_batch_statistics(bn)
+
+
+def _tea_learner(net, batch_size, names):
+    tea = TestTimePolicy(TestTimeTransformPool(names), init=0)
+    learner = AugmentationPolicyLearner(
+        num_classes=3,
+        test_time_policy=tea,
+        test_time_optimizer=torch.optim.SGD(tea.parameters(), lr=0.0),
+        validation_loader=[{}],
+        test_time_patches=None,
+        test_time_batch_size=batch_size,
+    )
+    return learner, tea
+
+
+@pytest.mark.parametrize("norm", [nn.InstanceNorm3d, nn.BatchNorm3d])
+def test_batched_tea_step_equals_the_per_transform_loop(norm):
+    """One forward pass per patch shape (or per chunk) gives the loop's losses and policy gradient (to 1e-6)."""
+    torch.manual_seed(0)
+    net = NormSeg(norm, out_channels=3)
+    if norm is nn.BatchNorm3d:  # running statistics that differ from the identity (the TEA runs in eval mode)
+        net.train()
+        with torch.no_grad():
+            for _ in range(3):
+                net(torch.randn(4, 1, 8, 8, 6) * 2 + 1)
+    names = ["identity", "scale+0.25", "rotate_x+15", "mirror_y", "rot90_yz+", "rot90_xz-", "gamma+0.3", "blur_0.7"]
+    g = torch.Generator().manual_seed(3)
+    xv, yv = torch.randn(3, 1, 8, 8, 6, generator=g), torch.randint(0, 3, (3, 1, 8, 8, 6), generator=g)
+    idx = torch.tensor([4, 1, 4, 2, 3, 5, 0, 6, 7, 1])  # non-square rot90 planes change the patch shape; repeats
+    pool = TestTimeTransformPool(names)
+    with torch.no_grad():
+        net.eval()
+        losses = []
+        for t in idx.tolist():  # the per-transform, per-patch loop, written out
+            pred = torch.stack([pool.inverse(net(pool.forward(v, t)[None])[0], t) for v in xv])
+            cover = pool.coverage(xv.shape[2:], t)
+            mask = None if cover is None else (cover > 0).float()[None].expand(3, -1, -1, -1, -1)
+            losses.append(foreground_dice_loss(pred, yv, mask))
+        net.train()
+    expected = float(torch.stack(losses).mean())
+    grads, calls = {}, {}
+    for size in (None, 4, 1):
+        learner, tea = _tea_learner(net, size, names)
+        seen: list[int] = []
+        handle = net.register_forward_hook(lambda m, i, o, seen=seen: seen.append(i[0].shape[0]))
+        out = learner.test_time_step(net, (xv, yv), indices=idx, generator=torch.Generator().manual_seed(5))
+        handle.remove()
+        assert out["test_time_loss"] == pytest.approx(expected, rel=1e-6, abs=1e-6)
+        grads[size], calls[size] = tea.logits.grad.detach().clone(), seen
+        assert net.training
+    for size in (4, 1):
+        torch.testing.assert_close(grads[size], grads[None], rtol=1e-6, atol=1e-7)
+    assert float(grads[None].abs().max()) > 1e-6
+    # 8 distinct transforms x 3 patches: shapes (8, 8, 6) x 6 transforms, (8, 6, 8) and (6, 8, 8) x 1 each
+    assert sorted(calls[None]) == [3, 3, 18] and sum(calls[4]) == sum(calls[1]) == 24 and max(calls[4]) == 4
+    assert calls[1] == [1] * 24
+
+
+def test_batched_tra_validation_equals_per_patch():
+    """The TEA-transformed TRA validation batch in one forward pass (instance norm): the per-patch result (1e-6)."""
+    names = ["identity", "mirror_x", "rot90_yz+", "scale+0.05", "rotate_z-5"]
+    results = {}
+    for size in (None, 1):
+        torch.manual_seed(0)
+        net, policy = NormSeg(), AugmentationPolicy()
+        tea = TestTimePolicy(TestTimeTransformPool(names), init=0)
+        learner = _learner(
+            policy=policy,
+            optimizer=torch.optim.SGD(policy.parameters(), lr=0.0),
+            test_time_policy=tea,
+            test_time_batch_size=size,
+            meta_lr=0.5,
+        )
+        torch.manual_seed(4)  # the validation transforms drawn from the TEA probabilities
+        out = learner.meta_step(
+            net,
+            torch.optim.SGD(net.parameters(), lr=0.1),
+            *_data(1),
+            *_bins(policy, 3),
+            _data(2, b=6),
+            generator=torch.Generator().manual_seed(7),
+        )
+        results[size] = (out["policy_meta_loss"], torch.cat([p.grad.flatten() for p in policy.parameters()]))
+    assert results[None][0] == pytest.approx(results[1][0], rel=1e-6)
+    assert float(results[1][1].abs().max()) > 1e-7
+    torch.testing.assert_close(results[None][1], results[1][1], rtol=1e-4, atol=1e-6)

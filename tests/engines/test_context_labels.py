@@ -319,3 +319,31 @@ def test_meta_step_runs_the_segmenter_in_training_mode_after_validation():
     trainer.network.eval()  # as a validation run leaves it
     trainer.run()
     assert learner.steps == 1 and modes and all(modes)
+
+
+class BatchNormSeg(TinySeg):
+    """``TinySeg`` with a BatchNorm layer: running statistics that the normal step's forward pass updates."""
+
+    def __init__(self, out_channels: int = K) -> None:
+        super().__init__(out_channels)
+        self.norm = nn.BatchNorm3d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.tanh(self.norm(self.conv1(x))))
+
+
+def test_reused_step_updates_batchnorm_statistics_as_the_normal_step():
+    """The look-ahead restores the buffers; the reused step puts back those after its pass at theta (one update)."""
+    trainers = []
+    for reuse in (False, True):
+        learner = _learner(reuse_lookahead_gradient=reuse)
+        learner.optimizer = torch.optim.SGD(learner.generator.parameters(), lr=0.0)  # the same target in both
+        torch.manual_seed(2)
+        trainers.append(_trainer(learner, network=BatchNormSeg(), epochs=2))
+    for trainer in trainers:
+        trainer.run()
+    plain, reused = trainers
+    assert reused.context_labels.steps == 6 and int(reused.network.norm.num_batches_tracked) == 6
+    for (name, a), b in zip(plain.network.state_dict().items(), reused.network.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)  # parameters and running statistics
+    assert float((reused.network.norm.running_var - 1).abs().max()) > 1e-3  # the statistics did move
