@@ -112,8 +112,14 @@ class BundleHarness:
     def inference(
         self, dataset: str | os.PathLike, bundle_root: str | os.PathLike, output_dir: str | os.PathLike
     ) -> ConfigWorkflow:
-        """``inference.json`` with the settings' network size, completed (:meth:`complete`)."""
-        wf = ConfigWorkflow(
+        """:meth:`inference_workflow`, completed (:meth:`complete`)."""
+        return self.complete(self.inference_workflow(dataset, bundle_root, output_dir))
+
+    def inference_workflow(
+        self, dataset: str | os.PathLike, bundle_root: str | os.PathLike, output_dir: str | os.PathLike
+    ) -> ConfigWorkflow:
+        """``inference.json`` with the settings' network size (not initialised)."""
+        return ConfigWorkflow(
             config_file=self.config_path("inference.json"),
             meta_file=self.config_path("metadata.json"),
             logging_file=self.config_path("logging.conf"),
@@ -125,7 +131,6 @@ class BundleHarness:
             filters=self.settings["filters"],
             **{"dataloader#num_workers": 0},
         )
-        return self.complete(wf)
 
     def command(
         self,

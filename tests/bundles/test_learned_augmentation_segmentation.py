@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 
 from monai_imbalance.augment import (
@@ -51,27 +51,6 @@ def dataset(tmp_path_factory):
     return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), num_training=4, num_validation=2, seed=3)
 
 
-def _workflow(config_files, dataset, bundle_root, tiny, workflow_type="train", **override):
-    files = [str(CONFIGS / f) for f in config_files]
-    return ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type=workflow_type,
-        dataset_dir=str(dataset),
-        bundle_root=str(bundle_root),
-        **{**tiny, **override},
-    )
-
-
-def _run(wf):
-    wf.initialize()
-    assert not wf.check_properties()
-    wf.run()
-    wf.finalize()
-    return wf
-
-
 def _parser(config_files, dataset, bundle_root, **override):
     """The merged config, parsed lazily (objects are built on ``get_parsed_content``)."""
     parser = ConfigParser()
@@ -86,26 +65,15 @@ def _copy_models(src: Path, dst: Path, names) -> None:
         shutil.copy(src / "models" / name, dst / "models" / name)
 
 
-def _inference(bundle_root, dataset, output_dir, tiny):
-    wf = ConfigWorkflow(
-        config_file=str(CONFIGS / "inference.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="inference",
-        bundle_root=str(bundle_root),
-        dataset_dir=str(dataset),
-        output_dir=str(output_dir),
-        patch_size=tiny["patch_size"],
-        filters=tiny["filters"],
-        **{"dataloader#num_workers": 0},
-    )
-    return wf
+@pytest.fixture(scope="module")
+def harness(bundle_harness):
+    return bundle_harness("learned_augmentation_segmentation")
 
 
 @pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory, tiny_overrides):
+def trained(dataset, tmp_path_factory, harness):
     root = tmp_path_factory.mktemp("bundle")
-    wf = _run(_workflow(["train.json"], dataset, root, tiny_overrides))
+    wf = harness.complete(harness.workflow(["train.json"], dataset, root))
     return root, wf
 
 
@@ -162,11 +130,11 @@ def test_joint_training_learns_both_policies_and_saves_them(trained):
     assert 0.0 <= wf.trainer.state.metrics["train_mean_dice"] <= 1.0
 
 
-def test_resume_restores_the_policies(trained, dataset, tiny_overrides, tmp_path):
+def test_resume_restores_the_policies(trained, dataset, harness, tmp_path):
     root, _ = trained
     _copy_models(root, tmp_path, ["latest.pt", "model.pt"])
     saved = torch.load(tmp_path / "models" / "latest.pt", map_location="cpu", weights_only=True)
-    wf = _workflow(["train.json"], dataset, tmp_path, tiny_overrides, resume=True)
+    wf = harness.workflow(["train.json"], dataset, tmp_path, resume=True)
     wf.initialize()
     wf.run()  # already at epoch 2: restores and stops
     assert wf.trainer.state.epoch == 2
@@ -181,7 +149,7 @@ def test_resume_restores_the_policies(trained, dataset, tiny_overrides, tmp_path
     assert wf.parser.get_parsed_content("train#handlers#4").epochs == [1, 2]  # the curves continue
 
 
-def test_a_policy_for_another_grouping_or_pool_is_refused(trained, dataset, tiny_overrides, tmp_path):
+def test_a_policy_for_another_grouping_or_pool_is_refused(trained, dataset, harness, tmp_path):
     root, _ = trained
     with pytest.raises(ValueError, match="group"):
         load_policy(root / "models" / "policy", AugmentationPolicy(groups={"all": None}))
@@ -189,7 +157,7 @@ def test_a_policy_for_another_grouping_or_pool_is_refused(trained, dataset, tiny
         load_policy(root / "models" / "policy", AugmentationPolicy(TrainingTransformPool(["scale", "gamma"])))
     # resuming the class-agnostic variant from the class-specific checkpoint fails before any step, naming the groups
     _copy_models(root, tmp_path, ["latest.pt"])
-    wf = _workflow(["train.json", "variants/learned.json"], dataset, tmp_path, tiny_overrides, resume=True, epochs=3)
+    wf = harness.workflow(["train.json", "variants/learned.json"], dataset, tmp_path, resume=True, epochs=3)
     wf.initialize()
     with pytest.raises(RuntimeError) as err:  # MONAI wraps the error of a config expression
         wf.run()
@@ -200,7 +168,7 @@ def test_a_policy_for_another_grouping_or_pool_is_refused(trained, dataset, tiny
     _copy_models(root, bad, ["model.pt"])
     for ext in (".pt", ".json"):
         shutil.copy(root / "models" / f"policy{ext}", bad / "models" / f"test_time_policy{ext}")
-    wf = _inference(bad, dataset, tmp_path / "out", tiny_overrides)
+    wf = harness.inference_workflow(dataset, bad, tmp_path / "out")
     assert not wf.parser.get_parsed_content("inferer").loaded  # built without reading the file (lazy) ...
     with pytest.raises(RuntimeError) as err:
         wf.initialize()  # ... which the initialize list reads: refused before any prediction
@@ -218,13 +186,13 @@ def _labels(path: Path) -> set[int]:
     return set(np.unique(np.asarray(nib.load(path).dataobj)).astype(int).tolist())
 
 
-def test_inference_uses_the_learned_tta_when_a_policy_file_is_there(trained, dataset, tiny_overrides, tmp_path):
+def test_inference_uses_the_learned_tta_when_a_policy_file_is_there(trained, dataset, harness, tmp_path):
     root, wf_train = trained
     tea = wf_train.trainer.augmentation_policy.test_time_policy
     for with_policy in (True, False):
         bundle = tmp_path / ("with" if with_policy else "without")
         _copy_models(root, bundle, ["model.pt"] + (["test_time_policy.pt", "test_time_policy.json"] * with_policy))
-        wf = _run(_inference(bundle, dataset, bundle / "out", tiny_overrides))
+        wf = harness.complete(harness.inference_workflow(dataset, bundle, bundle / "out"))
         inferer = wf.parser.get_parsed_content("inferer")
         if with_policy:
             assert isinstance(inferer, LearnedTTAInferer)
@@ -239,9 +207,9 @@ def test_inference_uses_the_learned_tta_when_a_policy_file_is_there(trained, dat
             assert nib.load(out).shape[:3] == (32, 32, 32) and _labels(out) <= {0, 1}
 
 
-def test_evaluate_with_learned_tta_writes_the_report(trained, dataset, tiny_overrides):
+def test_evaluate_with_learned_tta_writes_the_report(trained, dataset, harness):
     root, _ = trained
-    wf = _run(_workflow(["train.json", "evaluate.json"], dataset, root, tiny_overrides, save_predictions=True))
+    wf = harness.complete(harness.workflow(["train.json", "evaluate.json"], dataset, root, save_predictions=True))
     assert isinstance(wf.parser.get_parsed_content("validate#inferer"), LearnedTTAInferer)
     with open(root / "eval" / "metrics_per_case.csv") as f:
         rows = list(csv.DictReader(f))
@@ -250,8 +218,8 @@ def test_evaluate_with_learned_tta_writes_the_report(trained, dataset, tiny_over
     assert len(predictions) == 3 and all(_labels(p) <= {0, 1} for p in predictions)
 
 
-def test_evaluate_with_learned_tta_and_no_policy_file_fails(dataset, tiny_overrides, tmp_path):
-    wf = _workflow(["train.json", "evaluate.json"], dataset, tmp_path, tiny_overrides)
+def test_evaluate_with_learned_tta_and_no_policy_file_fails(dataset, harness, tmp_path):
+    wf = harness.workflow(["train.json", "evaluate.json"], dataset, tmp_path)
     inferer = wf.parser.get_parsed_content("validate#inferer")  # the config builds without the file (bundle checks)
     assert isinstance(inferer, LearnedTTAInferer) and not inferer.loaded
     with pytest.raises(RuntimeError) as err:
@@ -349,8 +317,8 @@ def test_variant_builds_what_its_name_says(variant, dataset, tmp_path):
 
 
 @pytest.mark.parametrize("variant", ["none", "learned"])
-def test_variant_trains_end_to_end(variant, dataset, tmp_path, tiny_overrides):
-    wf = _run(_workflow(["train.json", f"variants/{variant}.json"], dataset, tmp_path, tiny_overrides, epochs=1))
+def test_variant_trains_end_to_end(variant, dataset, tmp_path, harness):
+    wf = harness.complete(harness.workflow(["train.json", f"variants/{variant}.json"], dataset, tmp_path, epochs=1))
     trainer = wf.trainer
     assert isinstance(trainer, RegularisedSupervisedTrainer) and np.isfinite(float(trainer.state.output[0]["loss"]))
     models = sorted(p.name for p in (tmp_path / "models").iterdir())
