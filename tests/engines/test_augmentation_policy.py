@@ -217,14 +217,7 @@ def test_tea_step_gradient_matches_hand_computation():
     torch.manual_seed(0)
     net = TinySeg(out_channels=3)
     names = ["identity", "mirror_x", "mirror_y", "rot90_yz+"]
-    tea = TestTimePolicy(TestTimeTransformPool(names), init=0)
-    learner = AugmentationPolicyLearner(
-        num_classes=3,
-        test_time_policy=tea,
-        test_time_optimizer=torch.optim.SGD(tea.parameters(), lr=0.0),
-        validation_loader=[{}],
-        test_time_patches=None,  # the whole batch
-    )
+    learner, tea = _tea_learner(net, None, names)  # the whole batch, all patches in one forward
     xv, yv = _data(2, c=3)
     idx = torch.tensor([1, 1, 3, 0, 2, 1])
     out = learner.test_time_step(net, (xv, yv), indices=idx, generator=torch.Generator().manual_seed(5))
