@@ -26,8 +26,11 @@ from .adversarial import adversarial_perturbation, normalize_per_sample
 from .augmentation_policy import AugmentationPolicyLearner, foreground_dice_loss, per_sample_ce_dice
 from .context_labels import ContextLabelLearner, ContextTargetLoss, highest_resolution
 from .lookahead import (
+    DEFAULT_RADIUS,
+    LOOKAHEAD_METHODS,
     LookaheadResult,
     apply_hypergradient,
+    check_lookahead_settings,
     functional_forward,
     lookahead_hypergradient,
     per_sample_lookahead_hypergradient,
@@ -40,11 +43,14 @@ __all__ = [
     "AugmentationPolicyLearner",
     "ContextLabelLearner",
     "ContextTargetLoss",
+    "DEFAULT_RADIUS",
+    "LOOKAHEAD_METHODS",
     "LookaheadResult",
     "MixupConfig",
     "RegularisedSupervisedTrainer",
     "adversarial_perturbation",
     "apply_hypergradient",
+    "check_lookahead_settings",
     "foreground_dice_loss",
     "functional_forward",
     "highest_resolution",

@@ -76,7 +76,13 @@ from monai_imbalance.losses import compose_context_target, context_foreground_bc
 from monai_imbalance.networks import check_context_networks
 
 from .auxiliary_step import finish_auxiliary_step
-from .lookahead import LookaheadResult, apply_hypergradient, functional_forward, lookahead_hypergradient
+from .lookahead import (
+    LookaheadResult,
+    apply_hypergradient,
+    check_lookahead_settings,
+    functional_forward,
+    lookahead_hypergradient,
+)
 
 __all__ = ["ContextLabelLearner", "ContextTargetLoss", "LookaheadTrainPass", "LookaheadTrainStep", "highest_resolution"]
 
@@ -203,8 +209,11 @@ class ContextLabelLearner:
             ``iteration % meta_interval == 0`` (ignite counts iterations from 1).
         mask_key: batch key of the distance-restriction mask ``M`` ``(B, 1, *spatial)`` (``None``: ``M = 1``).
         context_key: batch key of a hard context map ``(B, 1, *spatial)`` in ``0..t-1`` (baselines).
-        method: hypergradient method, ``"finite_difference"`` (the authors') or ``"exact"`` (double backward).
-        r: finite-difference scale ``R = r / ||v||`` (methods.md 2.4: 0.01).
+        method: hypergradient method, ``"finite_difference"`` (the authors' central difference),
+            ``"forward_difference"`` (one-sided: one segmenter forward pass less per meta step) or ``"exact"`` (double
+            backward); see :func:`~monai_imbalance.engines.lookahead_hypergradient`.
+        r: finite-difference scale ``R = r / ||v||``; ``None``: the method's default (methods.md 2.4: 0.01 for the
+            central difference; 1e-3 for the one-sided one).
         meta_lr: the virtual step's learning rate; ``None``: the segmenter optimizer's current learning rate.
         reuse_lookahead_gradient: on meta iterations, let the normal step reuse the look-ahead's gradient and
             prediction at ``theta`` (target of the generator before its update; see the module docstring). Default
@@ -222,7 +231,7 @@ class ContextLabelLearner:
     mask_key: str | None = None
     context_key: str | None = None
     method: str = "finite_difference"
-    r: float = 1e-2
+    r: float | None = None
     meta_lr: float | None = None
     reuse_lookahead_gradient: bool = False
     steps: int = 0
@@ -247,12 +256,7 @@ class ContextLabelLearner:
                 f"context_labels: num_context={self.num_context} needs a generator or a context_key to split the "
                 "background; use num_context=1 for plain training."
             )
-        if self.method not in ("finite_difference", "exact"):
-            raise ValueError(f"context_labels method must be 'finite_difference' or 'exact', got {self.method!r}.")
-        if not isinstance(self.r, numbers.Real) or not self.r > 0:
-            raise ValueError(f"context_labels r must be > 0, got r={self.r!r}.")
-        if self.meta_lr is not None and (not isinstance(self.meta_lr, numbers.Real) or not self.meta_lr > 0):
-            raise ValueError(f"context_labels meta_lr must be > 0 or null, got meta_lr={self.meta_lr!r}.")
+        check_lookahead_settings("context_labels", self.method, self.r, self.meta_lr)
         if not isinstance(self.reuse_lookahead_gradient, bool):
             raise ValueError(
                 "context_labels reuse_lookahead_gradient must be true or false, got "

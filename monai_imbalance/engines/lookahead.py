@@ -22,6 +22,15 @@ Two ways to get the mixed second derivative (``method``):
   ``theta +- R v`` that differentiate with respect to ``aux`` only: when ``aux`` is a loss target (soft context
   labels) or a per-sample loss weight, autograd does not backpropagate through the network for them, so they cost
   about a forward pass each.
+- ``"forward_difference"``: one-sided, ``-lr * (grad_aux L_tr(theta + R v) - grad_aux L_tr(theta)) / R``, with
+  ``grad_aux L_tr(theta)`` taken from the backward pass at ``theta`` that gives ``grad_theta L_tr`` (the part of the
+  graph upstream of ``aux`` is kept for that pass only). One pass at ``theta +- R v`` less (about a forward pass of
+  the training batch), for a truncation error of first order in ``r`` instead of second: use a radius about ten
+  times smaller (``r = 1e-3``) for the accuracy of the central difference at ``1e-2`` on smooth networks. Measured on
+  a DynUNet with filters 16-32-64-128, 32^3 patches, batch 3, per-sample loss weights as ``aux`` (TRA), float32, one
+  thread: relative difference to ``"exact"`` 6.0e-4 (``r = 1e-3``) against 8.3e-5 for the central difference; on the
+  per-sample gradients after the TRA per-group baseline is subtracted (what moves the policy) 3.9 % against 2.7 %;
+  1.05 s against 1.22 s per call.
 - ``"exact"``: double backward, ``-lr * grad_aux <grad_theta L_tr(theta, aux), v>`` with ``create_graph=True`` on the
   first gradient. No truncation error, but the graph of the first backward pass is kept until the end, and the
   double backward runs through the whole network.
@@ -104,6 +113,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -111,16 +121,22 @@ import torch
 from torch import nn
 
 __all__ = [
+    "DEFAULT_RADIUS",
     "LOOKAHEAD_METHODS",
     "LookaheadResult",
     "apply_hypergradient",
+    "check_lookahead_settings",
     "functional_forward",
     "lookahead_hypergradient",
     "per_sample_lookahead_hypergradient",
 ]
 
 #: The ways to compute the mixed second derivative.
-LOOKAHEAD_METHODS = ("finite_difference", "exact")
+LOOKAHEAD_METHODS = ("finite_difference", "forward_difference", "exact")
+
+#: The default radius ``r`` of each finite-difference method (``R = r / ||v||``): DARTS' 0.01 for the central
+#: difference, ten times smaller for the one-sided one (first order in ``r``).
+DEFAULT_RADIUS = {"finite_difference": 1e-2, "forward_difference": 1e-3, "exact": 1e-2}
 
 AuxLike = torch.Tensor | Sequence[torch.Tensor] | nn.Module
 
@@ -252,15 +268,36 @@ def _aux_tensors(aux: AuxLike, name: str = "aux") -> tuple[torch.Tensor, ...]:
     return tensors
 
 
-def _check_scalars(lr: float, r: float, method: str) -> tuple[float, float]:
+def _check_scalars(lr: float, r: float | None, method: str) -> tuple[float, float]:
     if method not in LOOKAHEAD_METHODS:
         raise ValueError(f"method must be one of {LOOKAHEAD_METHODS}, got method={method!r}.")
-    lr, r = float(lr), float(r)
+    lr, r = float(lr), float(DEFAULT_RADIUS[method] if r is None else r)
     if not (math.isfinite(lr) and lr >= 0.0):
         raise ValueError(f"lr must be a finite number >= 0, got lr={lr!r}.")
     if not (math.isfinite(r) and r > 0.0):
         raise ValueError(f"r must be a finite number > 0, got r={r!r}.")
     return lr, r
+
+
+def check_lookahead_settings(owner: str, method: Any, r: Any, meta_lr: Any) -> None:
+    """Check a learner's look-ahead settings where they enter (a config), naming the owner and the key.
+
+    Args:
+        owner: the name in the message, e.g. ``"context_labels"``.
+        method: one of :data:`LOOKAHEAD_METHODS`.
+        r: the finite-difference radius, a finite number ``> 0`` or ``None`` (the method's :data:`DEFAULT_RADIUS`).
+        meta_lr: the virtual step's learning rate, a finite number ``> 0`` or ``None`` (the segmenter's).
+
+    Raises:
+        ValueError: an unknown ``method``, or an ``r`` / ``meta_lr`` that is not ``None`` nor a finite number > 0.
+    """
+    if method not in LOOKAHEAD_METHODS:
+        raise ValueError(f"{owner} method must be one of {list(LOOKAHEAD_METHODS)}, got method={method!r}.")
+    for name, value in (("r", r), ("meta_lr", meta_lr)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0)
+        ):
+            raise ValueError(f"{owner} {name} must be a number > 0 or null, got {name}={value!r}.")
 
 
 def _theta(model: nn.Module, params: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -287,17 +324,19 @@ def _grads(
     create_graph: bool = False,
     retain_graph: bool = False,
     required_by: str | None = None,
+    required: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """``torch.autograd.grad`` with zeros for inputs the output does not depend on (or no graph at all).
 
-    With ``required_by`` (a closure's name), an output that depends on none of the inputs raises a ValueError.
+    With ``required_by`` (a closure's name), an output that depends on none of the inputs (of the first ``required``
+    inputs, when given) raises a ValueError.
     """
     grads: Sequence[torch.Tensor | None] = [None] * len(inputs)
     if output.requires_grad:
         grads = torch.autograd.grad(
             output, inputs, create_graph=create_graph, retain_graph=retain_graph or create_graph, allow_unused=True
         )
-    if required_by is not None and all(g is None for g in grads):
+    if required_by is not None and all(g is None for g in grads[:required]):
         raise ValueError(f"{required_by}(params) does not depend on params: nothing to differentiate.")
     return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs, strict=True))
 
@@ -331,7 +370,7 @@ def lookahead_hypergradient(
     aux: AuxLike,
     lr: float,
     method: str = "finite_difference",
-    r: float = 1e-2,
+    r: float | None = None,
     params: Mapping[str, torch.Tensor] | None = None,
 ) -> LookaheadResult:
     """The one-step look-ahead hypergradient ``d L_val(theta - lr grad_theta L_tr(theta, aux)) / d aux``.
@@ -346,15 +385,17 @@ def lookahead_hypergradient(
         train_loss: ``params -> L_tr``, a scalar tensor: the caller's closure, running the segmenter with
             :func:`functional_forward` (``model``, ``params``, inputs) on the training batch, depending on ``aux``
             through autograd (a soft target or loss weights built from ``aux``, or a generator whose parameters are
-            ``aux``). Called three times (``"finite_difference"``) or once (``"exact"``); the first call is at
-            ``theta`` itself, so a caller may keep that call's prediction (the normal step's forward pass).
+            ``aux``). Called three times (``"finite_difference"``), twice (``"forward_difference"``) or once
+            (``"exact"``); the first call is at ``theta`` itself, so a caller may keep that call's prediction (the
+            normal step's forward pass).
         val_loss: ``params -> L_val``, a scalar tensor, on the validation batch (CoLab: the same training patch).
         aux: the auxiliary tensors, each with ``requires_grad``: leaf parameters (a generator ``nn.Module`` stands for
             its trainable parameters), or non-leaf tensors in the middle of a graph (soft labels ``softmax(gen(x))``
             ``(B, t, *spatial)``, per-sample weights ``w`` ``(B,)`` of a policy); their upstream graph is kept.
         lr: the segmenter's current learning rate ``alpha`` (``>= 0``), the size of the virtual step.
-        method: ``"finite_difference"`` or ``"exact"``.
-        r: the finite-difference radius, ``R = r / ||v||`` (DARTS: 0.01).
+        method: ``"finite_difference"`` (central), ``"forward_difference"`` (one-sided) or ``"exact"``.
+        r: the finite-difference radius, ``R = r / ||v||``; ``None``: :data:`DEFAULT_RADIUS` of the method (DARTS'
+            0.01 for the central difference, 1e-3 for the one-sided one).
         params: the parameters to vary by name (default: the model's parameters with ``requires_grad``); their
             values are ``theta``.
 
@@ -373,7 +414,7 @@ def lookahead_hypergradient(
             raise ValueError(f"aux[{i}] does not require grad: its hypergradient would be zero.")
     theta = _theta(model, params)
     names, values = list(theta), [t.requires_grad_(True) for t in theta.values()]
-    exact = method == "exact"
+    exact, forward = method == "exact", method == "forward_difference"
     device = values[0].device
 
     def skip(reason: str, train: torch.Tensor, val: torch.Tensor, norm: torch.Tensor, g: Sequence[torch.Tensor]):
@@ -384,7 +425,13 @@ def lookahead_hypergradient(
     with torch.enable_grad(), _preserve_module_state(model), _preserve_retained_grads(aux_t):
         with _same_randomness(device):
             loss = _scalar(train_loss(dict(zip(names, values, strict=True))), "train_loss")
-        g = _grads(loss, values, create_graph=exact, required_by="train_loss")
+        # the forward difference takes grad_aux L_tr(theta) from the same backward pass; the graph is kept for that
+        # pass only (the part upstream of aux may be shared with the later calls), then released with `loss`'s
+        first = _grads(
+            loss, [*values, *aux_t] if forward else values, exact, forward, "train_loss", required=len(values)
+        )
+        g, aux_at_theta = first[: len(values)], first[len(values) :]
+        loss = loss.detach()
         nan = torch.tensor(float("nan"), dtype=torch.float64)
         if not _all_finite(g):
             return skip("nonfinite_train_grad", loss, nan, nan, g)
@@ -413,8 +460,11 @@ def lookahead_hypergradient(
                 return _grads(value, aux_t, retain_graph=True)
 
             plus = aux_grad(1.0)
-            minus = aux_grad(-1.0)
-            hyper = tuple(-lr * (a - b) / (2.0 * radius) for a, b in zip(plus, minus, strict=True))
+            if forward:
+                hyper = tuple(-lr * (a - b) / radius for a, b in zip(plus, aux_at_theta, strict=True))
+            else:
+                minus = aux_grad(-1.0)
+                hyper = tuple(-lr * (a - b) / (2.0 * radius) for a, b in zip(plus, minus, strict=True))
         hyper = tuple(h.detach().to(t.dtype) for h, t in zip(hyper, aux_t, strict=True))
         if not _all_finite(hyper):
             return skip("nonfinite_hypergrad", loss, val, norm, g)
@@ -439,7 +489,7 @@ def per_sample_lookahead_hypergradient(
     batch: Sequence[torch.Tensor],
     lr: float,
     method: str = "finite_difference",
-    r: float = 1e-2,
+    r: float | None = None,
     params: Mapping[str, torch.Tensor] | None = None,
     chunk_size: int | None = None,
 ) -> LookaheadResult:
@@ -459,8 +509,8 @@ def per_sample_lookahead_hypergradient(
             *spatial)``); their hypergradients can be sent upstream with :func:`apply_hypergradient`.
         batch: the per-sample inputs of the closures, each ``(B, ...)`` (e.g. ``(x, y)``).
         lr: the segmenter's current learning rate (``>= 0``).
-        method: ``"finite_difference"`` or ``"exact"``.
-        r: the finite-difference radius, ``R_b = r / ||v_b||``.
+        method: ``"finite_difference"``, ``"forward_difference"`` or ``"exact"`` (see :func:`lookahead_hypergradient`).
+        r: the finite-difference radius, ``R_b = r / ||v_b||``; ``None``: :data:`DEFAULT_RADIUS` of the method.
         params: the parameters to vary by name (default: those with ``requires_grad``).
         chunk_size: ``vmap``'s chunk size (``None``: all samples at once; ``1``: the authors' memory, one at a time).
 
@@ -488,7 +538,7 @@ def per_sample_lookahead_hypergradient(
         raise ValueError(f"chunk_size must be None or >= 1, got chunk_size={chunk_size!r}.")
     _check_vmap_norms(model)
     theta = _theta(model, params)
-    exact = method == "exact"
+    exact, forward = method == "exact", method == "forward_difference"
     single = isinstance(aux, torch.Tensor)
     aux_in = tuple(t.detach() for t in aux_t)
 
@@ -501,6 +551,8 @@ def per_sample_lookahead_hypergradient(
 
         if exact:
             (g, loss), vjp_fn = vjp(lambda a: grad_and_value(tr)(th, a), aux_b)
+        elif forward:
+            (g, at_theta), loss = grad_and_value(tr, argnums=(0, 1))(th, aux_b)
         else:
             g, loss = grad_and_value(tr)(th, aux_b)
         theta_p = {k: th[k] - lr * g[k] for k in th}
@@ -515,8 +567,11 @@ def per_sample_lookahead_hypergradient(
         else:
             radius = (r / torch.where(ok, norm, torch.ones_like(norm))).to(next(iter(v.values())).dtype)
             plus = grad(tr, argnums=1)({k: th[k] + radius * v[k] for k in th}, aux_b)
-            minus = grad(tr, argnums=1)({k: th[k] - radius * v[k] for k in th}, aux_b)
-            hyper = tuple(-lr * (a - b) / (2.0 * radius) for a, b in zip(plus, minus, strict=True))
+            if forward:
+                hyper = tuple(-lr * (a - b) / radius for a, b in zip(plus, at_theta, strict=True))
+            else:
+                minus = grad(tr, argnums=1)({k: th[k] - radius * v[k] for k in th}, aux_b)
+                hyper = tuple(-lr * (a - b) / (2.0 * radius) for a, b in zip(plus, minus, strict=True))
         return hyper, loss.detach(), val.detach(), norm, g_ok, ok
 
     in_dims = (None, 0, *([0] * len(batch)))

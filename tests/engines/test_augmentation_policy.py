@@ -112,6 +112,7 @@ def test_defaults_follow_the_paper():
     assert learner.test_time_optimizer.defaults["lr"] == 5e-5
     assert _learner(validation_loss=1).validation_loss == "dice"  # the authors' softdsc numbers
     assert learner.reuse_lookahead_gradient is None and learner.test_time_batch_size is None  # automatic, all at once
+    assert learner.method == "forward_difference" and learner.r is None  # one-sided, r = DEFAULT_RADIUS (1e-3)
 
 
 def test_per_sample_ce_dice_by_hand():

@@ -12,8 +12,10 @@ from monai.networks.nets import DynUNet
 from torch import nn
 
 from monai_imbalance.engines import (
+    DEFAULT_RADIUS,
     LookaheadResult,
     apply_hypergradient,
+    check_lookahead_settings,
     functional_forward,
     lookahead_hypergradient,
     per_sample_lookahead_hypergradient,
@@ -23,6 +25,11 @@ K = 3  # segmenter channels (background/context 0, foreground 1, context 2)
 SHAPE = (8, 8, 8)
 LR = 0.1
 F64 = torch.float64
+METHODS = ["exact", "finite_difference", "forward_difference"]
+#: radius per method: the one-sided difference is first order in r and needs a smaller one for the same accuracy
+RADIUS = {"exact": 1e-2, "finite_difference": 1e-2, "forward_difference": 1e-4}
+#: relative error against the unrolled reference (float64)
+TOLERANCE = {"exact": 1e-8, "finite_difference": 1e-3, "forward_difference": 1e-2}
 
 
 class TinyNet(nn.Module):
@@ -179,27 +186,34 @@ def test_exact_and_finite_difference_match_central_differences_on_linear_model()
     ],
     ids=["tiny-f64", "tiny-f32", "dynunet-tanh-f64", "dynunet-leakyrelu-f64-small-r"],
 )
-def test_finite_difference_matches_exact(make, dtype, r, tol):
-    """Must hold: the authors' finite-difference hypergradient against the double backward, relative error < 1e-2."""
+@pytest.mark.parametrize("method", ["finite_difference", "forward_difference"])
+def test_finite_difference_matches_exact(make, dtype, r, tol, method):
+    """Must hold: the finite-difference hypergradients against the double backward, relative error < 1e-2.
+
+    The one-sided difference is first order in ``r``: it runs at a tenth of the radius for the same tolerance."""
     net = make(dtype=dtype)
     x, y, logits = _data(dtype=dtype)
     q = torch.softmax(logits, 1).requires_grad_(True)
     train, val = _colab_closures(net, x, y, q)
     exact = lookahead_hypergradient(net, train, val, q, LR, method="exact")
-    fd = lookahead_hypergradient(net, train, val, q, LR, method="finite_difference", r=r)
+    fd = lookahead_hypergradient(
+        net, train, val, q, LR, method=method, r=r if method == "finite_difference" else r / 10
+    )
     assert _rel(fd.grads[0], exact.grads[0]) < tol
     torch.testing.assert_close(fd.val_loss, exact.val_loss)
     torch.testing.assert_close(fd.val_grad_norm, exact.val_grad_norm)
+    torch.testing.assert_close(fd.train_loss, exact.train_loss)
 
 
-def test_finite_difference_error_is_second_order_in_r_for_smooth_net():
+@pytest.mark.parametrize("method,order", [("finite_difference", 2), ("forward_difference", 1)])
+def test_finite_difference_error_order_in_r_for_smooth_net(method, order):
     net = _dynunet(act="tanh")
     x, y, logits = _data()
     q = torch.softmax(logits, 1).requires_grad_(True)
     train, val = _colab_closures(net, x, y, q)
     exact = lookahead_hypergradient(net, train, val, q, LR, method="exact").grads[0]
-    errors = [_rel(lookahead_hypergradient(net, train, val, q, LR, r=r).grads[0], exact) for r in (1e-1, 1e-2)]
-    assert 50 < errors[0] / errors[1] < 200  # ~100 = (1e-1 / 1e-2)^2
+    errors = [_rel(lookahead_hypergradient(net, train, val, q, LR, method, r=r).grads[0], exact) for r in (1e-1, 1e-2)]
+    assert 10**order / 2 < errors[0] / errors[1] < 10**order * 2  # (1e-1 / 1e-2)^order
 
 
 def test_dropout_masks_repeat_between_virtual_passes():
@@ -224,7 +238,7 @@ def _policy_weights(alpha: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
     return 1.0 - y_soft.detach() + y_soft
 
 
-@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+@pytest.mark.parametrize("method", METHODS)
 def test_per_sample_weights_of_a_policy(method):
     """aux = w (non-leaf output of a policy): hypergradient of w, then backprop to alpha == hypergradient of alpha."""
     net = _tiny()
@@ -240,16 +254,16 @@ def test_per_sample_weights_of_a_policy(method):
     def val(p):
         return _fg_bce(functional_forward(net, p, x), y)
 
-    res = lookahead_hypergradient(net, train, val, w, LR, method=method)
+    res = lookahead_hypergradient(net, train, val, w, LR, method=method, r=RADIUS[method])
     (ref_w,) = _unrolled(net, train, val, w)
     assert res.grads[0].shape == (3,)
-    assert _rel(res.grads[0], ref_w) < (1e-8 if method == "exact" else 1e-3)
+    assert _rel(res.grads[0], ref_w) < TOLERANCE[method]
 
     apply_hypergradient(w, res.grads, retain_graph=True)
     (ref_alpha,) = _unrolled(net, train, val, alpha)  # the same objective, differentiated to alpha directly
     (chain,) = torch.autograd.grad(w, alpha, res.grads[0])
     torch.testing.assert_close(alpha.grad, chain)
-    assert _rel(alpha.grad, ref_alpha) < (1e-8 if method == "exact" else 1e-3)
+    assert _rel(alpha.grad, ref_alpha) < TOLERANCE[method]
 
 
 class Generator(nn.Module):
@@ -265,7 +279,7 @@ class Generator(nn.Module):
         return torch.cat([q[:, :1] * (1 - fg), fg, q[:, 1:] * (1 - fg)], 1)
 
 
-@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+@pytest.mark.parametrize("method", METHODS)
 def test_generator_parameters_as_aux(method):
     """aux = generator parameters (generator -> softmax -> soft target -> L_tr), the generator run inside L_tr or
     once outside, and aux = its soft target routed back with apply_hypergradient: all equal the unrolled reference."""
@@ -281,8 +295,8 @@ def test_generator_parameters_as_aux(method):
         return _fg_bce(functional_forward(net, p, x), y)
 
     ref = _unrolled(net, train_inside, val, list(gen.parameters()))
-    tol = 1e-8 if method == "exact" else 1e-2
-    res = lookahead_hypergradient(net, train_inside, val, gen, LR, method=method)
+    tol = max(TOLERANCE[method], 1e-2 if method == "finite_difference" else 0.0)
+    res = lookahead_hypergradient(net, train_inside, val, gen, LR, method=method, r=RADIUS[method])
     assert len(res.grads) == 2 and all(_rel(a, b) < tol for a, b in zip(res.grads, ref, strict=True))
 
     target = gen.soft_target(x, y)  # generator run once; its graph is shared by all closure calls
@@ -290,8 +304,9 @@ def test_generator_parameters_as_aux(method):
     def train_outside(p):
         return _soft_ce(functional_forward(net, p, x), target)
 
-    res_out = lookahead_hypergradient(net, train_outside, val, list(gen.parameters()), LR, method=method)
-    res_q = lookahead_hypergradient(net, train_outside, val, target, LR, method=method)
+    params = list(gen.parameters())
+    res_out = lookahead_hypergradient(net, train_outside, val, params, LR, method=method, r=RADIUS[method])
+    res_q = lookahead_hypergradient(net, train_outside, val, target, LR, method=method, r=RADIUS[method])
     gen.zero_grad(set_to_none=True)
     apply_hypergradient(target, res_q.grads)
     for a, b, p in zip(res_out.grads, res.grads, gen.parameters(), strict=True):
@@ -315,7 +330,7 @@ def test_apply_hypergradient_accumulates_into_leaves():
 # --- model state -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("plain_functional_call", [False, True])
 def test_model_and_aux_state_unchanged(method, plain_functional_call):
     """Parameters (objects and values), their .grad, BatchNorm running stats and aux .grad are left as they were,
@@ -377,7 +392,7 @@ def test_train_grads_equal_a_normal_backward():
 # --- skip signalling ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(
     "case,reason",
     [
@@ -425,7 +440,7 @@ def _per_sample_closures(net):
     return train, val
 
 
-@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("chunk_size", [None, 1])
 def test_per_sample_equals_batch_of_one(method, chunk_size):
     """vmap over DynUNet (instance norm): sample b's hypergradient == the batched look-ahead on sample b alone."""
@@ -505,3 +520,34 @@ def test_bad_input():
         lookahead_hypergradient(net, lambda p: (q**2).sum(), val, q, LR)
     with pytest.raises(ValueError, match="does not depend on params"):
         lookahead_hypergradient(net, train, lambda p: x.sum(), q, LR)
+
+
+def test_default_radius_per_method():
+    """r=None is the method's DEFAULT_RADIUS (the one-sided difference's smaller), bit for bit."""
+    net, (x, y, logits) = _dynunet(act="tanh"), _data()
+    q = torch.softmax(logits, 1).requires_grad_(True)
+    train, val = _colab_closures(net, x, y, q)
+    assert DEFAULT_RADIUS["forward_difference"] < DEFAULT_RADIUS["finite_difference"] == 1e-2
+    for method in ("finite_difference", "forward_difference"):
+        a = lookahead_hypergradient(net, train, val, q, LR, method=method)
+        b = lookahead_hypergradient(net, train, val, q, LR, method=method, r=DEFAULT_RADIUS[method])
+        c = lookahead_hypergradient(net, train, val, q, LR, method=method, r=DEFAULT_RADIUS[method] * 10)
+        torch.testing.assert_close(a.grads[0], b.grads[0], rtol=0, atol=0)
+        assert not torch.equal(a.grads[0], c.grads[0])
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (("newton", None, None), "learner method must be one of"),
+        (("forward_difference", 0, None), "learner r must be a number > 0"),
+        (("forward_difference", float("nan"), None), "learner r must"),
+        (("forward_difference", "0.01", None), "learner r must"),
+        (("exact", None, True), "learner meta_lr must"),
+        (("exact", None, -1e-3), "learner meta_lr must"),
+    ],
+)
+def test_check_lookahead_settings_names_the_key(settings, match):
+    with pytest.raises(ValueError, match=match):
+        check_lookahead_settings("learner", *settings)
+    check_lookahead_settings("learner", "forward_difference", 1e-3, 0.01)  # valid settings pass
