@@ -77,7 +77,7 @@ def context_generator(
     )
 
 
-def context_generator_like(segmenter: DynUNet, num_context: int) -> DynUNet:
+def context_generator_like(segmenter: DynUNet, num_context: int, width: float = 1.0) -> DynUNet:
     """Build the generator with the architecture of a built :class:`~monai.networks.nets.DynUNet` segmenter.
 
     The architecture arguments are read from the segmenter's attributes (``spatial_dims``, ``in_channels``,
@@ -85,14 +85,24 @@ def context_generator_like(segmenter: DynUNet, num_context: int) -> DynUNet:
     residual blocks, ``trans_bias``); the output has ``t`` channels and no deep supervision. The weights are freshly
     initialised (the generator is trained from scratch, methods.md 2.5).
 
+    Args:
+        segmenter: the built segmenter.
+        num_context: ``t >= 1``.
+        width: a factor on the segmenter's filters (rounded, at least 1 each). 1 (default) is the paper's set-up,
+            both networks with the same architecture (methods.md 2.1); 0.5 gives a generator with about a quarter
+            of the segmenter's convolution cost, a departure from the paper that the bundle's ``*_fast`` variants
+            take to lower CoLab's cost per iteration.
+
     Raises:
-        ValueError: ``num_context < 1``, or ``segmenter`` is not a DynUNet.
+        ValueError: ``num_context < 1``, ``width`` not a number in ``(0, 1]``, or ``segmenter`` is not a DynUNet.
     """
     if not isinstance(segmenter, DynUNet):
         raise ValueError(
             f"context_generator_like: segmenter must be a monai.networks.nets.DynUNet, got {type(segmenter).__name__}; "
             "use context_generator(...) with explicit architecture arguments instead."
         )
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0.0 < float(width) <= 1.0:
+        raise ValueError(f"context_generator_like: width must be a number in (0, 1], got width={width!r}.")
     from monai.networks.blocks.dynunet_block import UnetResBlock
 
     return context_generator(
@@ -102,7 +112,7 @@ def context_generator_like(segmenter: DynUNet, num_context: int) -> DynUNet:
         kernel_size=segmenter.kernel_size,
         strides=segmenter.strides,
         upsample_kernel_size=segmenter.upsample_kernel_size,
-        filters=list(segmenter.filters),
+        filters=[max(1, round(f * float(width))) for f in segmenter.filters],
         dropout=segmenter.dropout,
         norm_name=segmenter.norm_name,
         act_name=segmenter.act_name,

@@ -42,7 +42,7 @@ def trained(dataset, tmp_path_factory, bundle):
 
 
 def test_variants_are_the_issue_list():
-    assert set(VARIANTS) == {"vanilla", "kmeans_t2", "dilated_t2", "colab_t2", "colab_t4", "colab_t6"}
+    assert set(VARIANTS) == {"vanilla", "kmeans_t2", "dilated_t2", "colab_t2", "colab_t4", "colab_t6", "colab_t2_fast"}
     for name in VARIANTS:
         content = json.loads((CONFIGS / "variants" / f"{name}.json").read_text())
         assert "train" not in content and "validate" not in content, name
@@ -94,7 +94,7 @@ def test_evaluate_and_inference_output_only_the_original_classes(trained, datase
         assert seg.shape[:3] == (32, 32, 32) and set(np.unique(seg)) <= {0, 1}  # context never leaks as a label
 
 
-@pytest.mark.parametrize("variant", ["vanilla", "kmeans_t2", "dilated_t2", "colab_t4"])
+@pytest.mark.parametrize("variant", ["vanilla", "kmeans_t2", "dilated_t2", "colab_t4", "colab_t2_fast"])
 def test_variant_builds_what_its_name_says(variant, dataset, tmp_path, bundle):
     wf = bundle.run(["train.json", f"variants/{variant}.json"], dataset, tmp_path, epochs=1)
     trainer = wf.trainer
@@ -108,9 +108,15 @@ def test_variant_builds_what_its_name_says(variant, dataset, tmp_path, bundle):
         kind = KMeansContextLabelsd if variant == "kmeans_t2" else DilatedRingContextLabelsd
         assert learner.generator is None and learner.context_key == "context_label" and learner.num_context == 2
         assert [type(t) for t in transforms] == [kind]
-    else:
+    elif variant == "colab_t4":
         assert learner.num_context == 4 and learner.generator is not None and learner.steps == 2
         assert learner.mask_key == "context_mask"
+        assert learner.method == "finite_difference" and not learner.reuse_lookahead_gradient  # the authors'
+        assert list(learner.generator.filters) == list(wf.parser.get_parsed_content("filters"))
+    else:  # the cheaper set-up: one-sided difference, reused gradient, half-width generator
+        assert learner.num_context == 2 and learner.steps == 2 and learner.skipped == 0
+        assert learner.method == "forward_difference" and learner.reuse_lookahead_gradient
+        assert list(learner.generator.filters) == [f // 2 for f in wf.parser.get_parsed_content("filters")]
     assert np.isfinite(float(trainer.state.output[0]["loss"]))
 
 

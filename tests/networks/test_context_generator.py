@@ -38,9 +38,21 @@ def test_generator_like_copies_the_architecture():
     assert check_context_networks(seg, gen, num_classes=3, num_context=2) == 4
 
 
-def test_generator_like_rejects_non_dynunet():
+def test_generator_like_width_scales_the_filters():
+    seg = _segmenter(4, res_block=True)
+    gen = context_generator_like(seg, 2, width=0.5)
+    reference = DynUNet(out_channels=2, filters=[2, 4, 4], res_block=True, **ARCH)
+    assert {k: v.shape for k, v in gen.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    assert gen(torch.randn(1, 2, 16, 16)).shape == (1, 2, 16, 16)
+    assert list(context_generator_like(seg, 2, width=0.1).filters) == [1, 1, 1]  # at least one filter each
+
+
+def test_generator_like_rejects_non_dynunet_and_bad_width():
     with pytest.raises(ValueError, match="DynUNet"):
         context_generator_like(torch.nn.Conv2d(1, 2, 1), 2)
+    for width in (0, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match="width"):
+            context_generator_like(_segmenter(4), 2, width=width)
 
 
 def test_check_networks_errors():
