@@ -89,9 +89,9 @@ def context_generator_like(segmenter: DynUNet, num_context: int, width: float = 
         segmenter: the built segmenter.
         num_context: ``t >= 1``.
         width: a factor on the segmenter's filters (rounded, at least 1 each). 1 (default) is the paper's set-up,
-            both networks with the same architecture (methods.md 2.1); 0.5 gives a generator with about a quarter
-            of the segmenter's convolution cost, a departure from the paper that the bundle's ``*_fast`` variants
-            take to lower CoLab's cost per iteration.
+            both networks with the same architecture (methods.md 2.1); a smaller generator (0.5: about a quarter of
+            the segmenter's convolution cost; the bundle's ``colab_t2_fast`` takes 0.25) is a departure from the
+            paper that lowers CoLab's cost per iteration.
 
     Raises:
         ValueError: ``num_context < 1``, ``width`` not a number in ``(0, 1]``, or ``segmenter`` is not a DynUNet.

@@ -113,10 +113,11 @@ def test_variant_builds_what_its_name_says(variant, dataset, tmp_path, bundle):
         assert learner.mask_key == "context_mask"
         assert learner.method == "finite_difference" and not learner.reuse_lookahead_gradient  # the authors'
         assert list(learner.generator.filters) == list(wf.parser.get_parsed_content("filters"))
-    else:  # the cheaper set-up: one-sided difference, reused gradient, half-width generator
+    else:  # the cheaper set-up: one-sided difference, reused gradient, quarter-width generator
         assert learner.num_context == 2 and learner.steps == 2 and learner.skipped == 0
         assert learner.method == "forward_difference" and learner.reuse_lookahead_gradient
-        assert list(learner.generator.filters) == [f // 2 for f in wf.parser.get_parsed_content("filters")]
+        filters = wf.parser.get_parsed_content("filters")
+        assert list(learner.generator.filters) == [max(1, round(f / 4)) for f in filters] != list(filters)
     assert np.isfinite(float(trainer.state.output[0]["loss"]))
 
 
