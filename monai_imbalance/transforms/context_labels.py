@@ -86,6 +86,26 @@ def _single_key(keys: KeysCollection, name: str) -> Hashable:
     return keys[0]
 
 
+class _ContextMapTransformd(MapTransform):
+    """Base of the dict transforms that read one label (``keys``) and write or read a context map (``context_key``).
+
+    Checks that ``keys`` names exactly one label and that ``num_context`` is ``t >= 1`` (``None`` allowed where
+    :attr:`num_context_optional`), naming the subclass in the error.
+    """
+
+    num_context_optional = False
+
+    def __init__(
+        self, keys: KeysCollection, context_key: Hashable, num_context: int | None, allow_missing_keys: bool
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        name = type(self).__name__
+        self.label_key = _single_key(self.keys, name)
+        self.context_key = context_key
+        optional = num_context is None and self.num_context_optional
+        self.num_context = None if optional else check_num_context(num_context, name)
+
+
 def context_distance_mask(
     label: NdarrayOrTensor,
     tau_sub: float = 30.0,
@@ -290,7 +310,7 @@ def _nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 1 << 20) -> np.n
     return out
 
 
-class KMeansContextLabelsd(MapTransform):
+class KMeansContextLabelsd(_ContextMapTransformd):
     """Dict version of :func:`kmeans_context_labels`: writes the context map under ``context_key``.
 
     Args:
@@ -315,12 +335,8 @@ class KMeansContextLabelsd(MapTransform):
         max_samples: int = 100_000,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        name = type(self).__name__
-        _single_key(self.keys, name)
+        super().__init__(keys, context_key, num_context, allow_missing_keys)
         self.image_key = image_key
-        self.context_key = context_key
-        self.num_context = check_num_context(num_context, name)
         self.roi_key = roi_key
         self.seed = int(seed)
         self.max_iter = int(max_iter)
@@ -384,7 +400,7 @@ def dilated_ring_context_labels(
     return out
 
 
-class DilatedRingContextLabelsd(MapTransform):
+class DilatedRingContextLabelsd(_ContextMapTransformd):
     """Dict version of :func:`dilated_ring_context_labels`: writes the context map under ``context_key``.
 
     Args:
@@ -405,13 +421,9 @@ class DilatedRingContextLabelsd(MapTransform):
         connectivity: int = 1,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        name = type(self).__name__
-        _single_key(self.keys, name)
-        self.context_key = context_key
-        self.num_context = check_num_context(num_context, name)
+        super().__init__(keys, context_key, num_context, allow_missing_keys)
         if operator.index(ring_width) < 1:
-            raise ValueError(f"{name}: ring_width must be >= 1, got ring_width={ring_width}.")
+            raise ValueError(f"{type(self).__name__}: ring_width must be >= 1, got ring_width={ring_width}.")
         self.ring_width = int(ring_width)
         self.connectivity = int(connectivity)
 
@@ -440,7 +452,7 @@ def _value_map(mapping: Mapping[Any, Any] | None, what: str, name: str, minimum:
     return out
 
 
-class RemapContextLabelsd(MapTransform):
+class RemapContextLabelsd(_ContextMapTransformd):
     """Human-defined context: split a dataset label into foreground classes and a context map (methods.md 2.5).
 
     The authors' ``--manuallabel`` mode treats an anatomy mask as extra context class (e.g. KiTS / LiTS: label 1
@@ -463,6 +475,8 @@ class RemapContextLabelsd(MapTransform):
         ValueError: a value mapped in both maps, classes out of range, non-integer entries, an empty ``foreground``.
     """
 
+    num_context_optional = True
+
     def __init__(
         self,
         keys: KeysCollection = "label",
@@ -472,10 +486,8 @@ class RemapContextLabelsd(MapTransform):
         num_context: int | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
+        super().__init__(keys, context_key, num_context, allow_missing_keys)
         name = type(self).__name__
-        _single_key(self.keys, name)
-        self.context_key = context_key
         self.foreground = _value_map(foreground, "foreground", name, 1)
         self.context = _value_map(context, "context", name, 0)
         if not self.foreground:
@@ -483,11 +495,10 @@ class RemapContextLabelsd(MapTransform):
         both = sorted(set(self.foreground) & set(self.context))
         if both:
             raise ValueError(f"{name}: label value {both[0]} is mapped both to a foreground and to a context class.")
-        if num_context is not None:
-            t = check_num_context(num_context, name)
-            bad = [v for v in self.context.values() if v >= t]
+        if self.num_context is not None:
+            bad = [v for v in self.context.values() if v >= self.num_context]
             if bad:
-                raise ValueError(f"{name}: context class {bad[0]} is out of range for num_context={t}.")
+                raise ValueError(f"{name}: context class {bad[0]} is out of range for num_context={self.num_context}.")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -505,7 +516,7 @@ class RemapContextLabelsd(MapTransform):
         return d
 
 
-class ContextTargetd(MapTransform):
+class ContextTargetd(_ContextMapTransformd):
     """Labels + a hard context-label map (+ distance mask) -> the ``K = C + t - 1`` channel training target.
 
     Applies :func:`~monai_imbalance.losses.context_label_target` to one sample (channel-first, no batch dim), so the
@@ -534,12 +545,8 @@ class ContextTargetd(MapTransform):
         target_key: Hashable | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        name = type(self).__name__
-        _single_key(self.keys, name)
-        self.context_key = context_key
-        self.num_classes = check_num_classes(num_classes, name)
-        self.num_context = check_num_context(num_context, name)
+        super().__init__(keys, context_key, num_context, allow_missing_keys)
+        self.num_classes = check_num_classes(num_classes, type(self).__name__)
         self.mask_key = mask_key
         self.target_key = target_key
 
