@@ -137,6 +137,7 @@ from monai_imbalance.augment import (
     SharedPolicyProbabilities,
     TestTimePolicy,
 )
+from monai_imbalance.utils import check_settings
 
 from .auxiliary_step import finish_auxiliary_step
 from .context_labels import LookaheadTrainPass, LookaheadTrainStep, _unwrap
@@ -420,13 +421,7 @@ class AugmentationPolicyLearner:
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> AugmentationPolicyLearner:
         """Build from a JSON-style dict; raises ``ValueError`` naming an unknown or bad setting."""
-        if not isinstance(config, Mapping):
-            raise ValueError(f"augmentation_policy must be None (disabled) or a dict of settings, got {config!r}.")
-        unknown = sorted(set(config) - set(_ALLOWED))
-        if unknown:
-            raise ValueError(f"augmentation_policy has unknown setting(s) {unknown}; allowed: {sorted(_ALLOWED)}.")
-        if "num_classes" not in config:
-            raise ValueError("augmentation_policy needs num_classes (C, background included).")
+        check_settings("augmentation_policy", config, _ALLOWED, required=("num_classes",))
         return cls(**dict(config))
 
     # -- the schedule (methods.md 3.6) ---------------------------------------------------------------------------

@@ -80,6 +80,7 @@ import torch.distributed as dist
 
 from monai_imbalance.losses import compose_context_target, context_foreground_bce
 from monai_imbalance.networks import check_context_networks
+from monai_imbalance.utils import check_settings
 
 from .auxiliary_step import finish_auxiliary_step
 from .lookahead import (
@@ -272,13 +273,7 @@ class ContextLabelLearner:
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> ContextLabelLearner:
         """Build from a JSON-style dict; raises ``ValueError`` naming an unknown or bad setting."""
-        if not isinstance(config, Mapping):
-            raise ValueError(f"context_labels must be None (disabled) or a dict of settings, got {config!r}.")
-        unknown = sorted(set(config) - set(_ALLOWED))
-        if unknown:
-            raise ValueError(f"context_labels has unknown setting(s) {unknown}; allowed: {sorted(_ALLOWED)}.")
-        if "num_classes" not in config:
-            raise ValueError("context_labels needs num_classes (C, background included).")
+        check_settings("context_labels", config, _ALLOWED, required=("num_classes",))
         return cls(**dict(config))
 
     @property

@@ -82,7 +82,7 @@ from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys as Keys
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_imbalance.utils import check_rare_classes
+from monai_imbalance.utils import check_rare_classes, check_settings
 
 from .adversarial import (
     DEFAULT_EPS,
@@ -114,14 +114,6 @@ def _non_negative(name: str, value: Any, strict: bool = False) -> float:
     if not (value > 0.0 if strict else value >= 0.0):
         raise ValueError(f"{name} must be {'>' if strict else '>='} 0, got {name}={value!r}.")
     return float(value)
-
-
-def _check_keys(step: str, config: Mapping[str, Any], allowed: Iterable[str]) -> None:
-    if not isinstance(config, Mapping):
-        raise ValueError(f"{step} must be None (disabled) or a dict of settings, got {config!r}.")
-    unknown = sorted(set(config) - set(allowed))
-    if unknown:
-        raise ValueError(f"{step} has unknown setting(s) {unknown}; allowed: {sorted(allowed)}.")
 
 
 @dataclass(frozen=True)
@@ -165,7 +157,7 @@ class AdversarialConfig:
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> AdversarialConfig:
         """Validate a JSON-style dict; raises ``ValueError`` naming a bad or unknown setting."""
-        _check_keys("adversarial", config, cls.__dataclass_fields__)
+        check_settings("adversarial", config, cls.__dataclass_fields__)
         distribution = config.get("distribution", "normal")
         if distribution not in ("normal", "uniform"):
             raise ValueError(f"adversarial distribution must be 'normal' or 'uniform', got {distribution!r}.")
@@ -204,7 +196,7 @@ class MixupConfig:
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> MixupConfig:
         """Validate a JSON-style dict; raises ``ValueError`` naming a bad or unknown setting."""
-        _check_keys("mixup", config, cls.__dataclass_fields__)
+        check_settings("mixup", config, cls.__dataclass_fields__)
         margin = _non_negative("margin", config.get("margin", 0.2))
         if margin >= 1.0:
             raise ValueError(f"margin must be in [0, 1), got margin={margin!r}.")
