@@ -37,6 +37,6 @@ run() {  # run BUNDLE [VARIANT...]: one table for the bundle, vanilla first
 
 EXTRA=("$@")
 run asymmetric_segmentation large_margin asymmetric_focal asymmetric_adversarial asymmetric_mixup asymmetric_combination
-run context_label_segmentation colab_t2
+run context_label_segmentation colab_t2 colab_t2_fast
 run performance_estimation
 run learned_augmentation_segmentation learned_class_specific joint
