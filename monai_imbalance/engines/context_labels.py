@@ -45,8 +45,8 @@ networks the same architecture.
 Departures from the authors that lower the cost, all opt-in (the bundle's ``colab_t2_fast`` takes all three): the
 shortcut below; ``method="forward_difference"`` (one segmenter forward pass at ``theta + R v`` instead of two,
 :mod:`~monai_imbalance.engines.lookahead`); a smaller generator
-(:func:`~monai_imbalance.networks.context_generator_like` ``width``). With a quarter-width generator: 1.42x the
-vanilla step (1.49-1.52x at half width; 2.04x for the authors' set-up), same benchmark.
+(:func:`~monai_imbalance.networks.context_generator_like` ``width``). With a quarter-width generator: 1.42x and 1.36x
+the vanilla step in two runs (1.49-1.52x at half width; 2.04x for the authors' set-up), same benchmark.
 
 With ``reuse_lookahead_gradient=True`` (default ``False``) the normal step of a meta iteration reuses the look-ahead's
 gradient ``grad_theta L_tr(theta, q)`` and prediction at ``theta`` (``LookaheadResult.train_grads``) instead of running
