@@ -13,12 +13,26 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["finish_auxiliary_step", "is_distributed"]
+__all__ = ["average_over_ranks", "finish_auxiliary_step", "is_distributed"]
 
 
 def is_distributed() -> bool:
     """Whether a process group with more than one rank is running."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def average_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The mean of each tensor over the ranks, in one ``all_reduce`` of their concatenation (as is, without DDP).
+
+    Used for gradients that do not pass through DDP's backward pass: the auxiliary modules' hypergradients and the
+    segmenter gradient a reused look-ahead pass gives the normal step.
+    """
+    if not tensors or not is_distributed():
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    return [f.view_as(t) for f, t in zip(torch.split(flat, [t.numel() for t in tensors]), tensors, strict=True)]
 
 
 def finish_auxiliary_step(
@@ -43,16 +57,14 @@ def finish_auxiliary_step(
     """
     params = [p for p in module.parameters() if p.requires_grad]
     if is_distributed():
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        flags = torch.tensor([float(skipped)], device=flat.device)
-        dist.all_reduce(flat)
+        flags = torch.tensor([float(skipped)], device=params[0].device)
         dist.all_reduce(flags)
         if float(flags) > 0:
             skipped, reason = True, reason or "skipped on another rank"
         else:
-            flat /= dist.get_world_size()
-            for p, g in zip(params, torch.split(flat, [p.numel() for p in params]), strict=True):
-                p.grad = g.view_as(p).clone()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            for p, g in zip(params, average_over_ranks(grads), strict=True):
+                p.grad = g.clone()
     if not skipped and not all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
         skipped, reason = True, nonfinite_reason
     if skipped:

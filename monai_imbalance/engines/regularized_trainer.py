@@ -93,7 +93,7 @@ from .adversarial import (
     rare_direction_loss,
 )
 from .augmentation_policy import AugmentationPolicyLearner
-from .auxiliary_step import is_distributed
+from .auxiliary_step import average_over_ranks
 from .context_labels import ContextLabelLearner, ContextTargetLoss, LookaheadTrainStep, _unwrap
 from .mixup import _as_plain, mixup_images, mixup_labels, sample_mixup_lambda
 
@@ -296,11 +296,6 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         if context_labels is not None:
             context_labels.check_segmenter(network)
             loss_function = ContextTargetLoss(loss_function, context_labels)
-            if context_labels.reuse_lookahead_gradient and kwargs.get("accumulation_steps", 1) != 1:
-                raise ValueError(
-                    f"context_labels reuse_lookahead_gradient=true cannot be combined with accumulation_steps="
-                    f"{kwargs['accumulation_steps']!r} (the reused step replaces the gradient); use 1."
-                )
         if adversarial is not None and not isinstance(adversarial, AdversarialConfig):
             adversarial = AdversarialConfig.from_mapping(adversarial)
         if mixup is not None and not isinstance(mixup, MixupConfig):
@@ -331,34 +326,34 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         self.augmentation_policy: AugmentationPolicyLearner | None = augmentation_policy
         self._step_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._reused_r_adv: torch.Tensor | None = None
-        if context_labels is not None and context_labels.reuse_lookahead_gradient:
-            if type(self.inferer) is not SimpleInferer:
-                raise ValueError(
-                    "context_labels reuse_lookahead_gradient=true needs a monai.inferers.SimpleInferer (the look-ahead "
-                    f"calls the segmenter directly), got inferer {type(self.inferer).__name__}."
-                )
+        blockers = self._reuse_blockers(extras, kwargs.get("accumulation_steps", 1))
+        if context_labels is not None and context_labels.reuse_lookahead_gradient and blockers:
+            raise ValueError(
+                f"context_labels reuse_lookahead_gradient=true cannot be used with {'; '.join(blockers)} (the reused "
+                "step replaces the normal step's forward/backward pass); set it to false."
+            )
         if context_labels is not None:
             self.add_event_handler(Events.STARTED, lambda _: context_labels.broadcast_generator())
         if augmentation_policy is not None:
-            self._resolve_policy_reuse(augmentation_policy, extras, kwargs.get("accumulation_steps", 1))
+            inexact = ["amp (the reused gradient is float32, the normal step's autocast)"] if self.amp else []
+            augmentation_policy.resolve_reuse(blockers, inexact + (["compile"] if self.compile else []))
             self.add_event_handler(Events.STARTED, lambda _: augmentation_policy.broadcast())
         if extras:
             self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._keep_step_batch)
 
-    def _resolve_policy_reuse(self, learner: AugmentationPolicyLearner, extras: bool, accumulation_steps: Any) -> None:
-        """Tell the learner whether step 1 of a TRA iteration may reuse the look-ahead's pass (see ``_policy_step``)."""
-        blockers, inexact = [], []
+    def _reuse_blockers(self, extras: bool, accumulation_steps: Any) -> list[str]:
+        """The trainer settings under which step 1 cannot reuse a look-ahead's pass at ``theta`` (both learners)."""
+        blockers = []
         if type(self.inferer) is not SimpleInferer:
-            blockers.append(f"inferer {type(self.inferer).__name__} (the look-ahead calls the segmenter directly)")
+            blockers.append(
+                f"inferer {type(self.inferer).__name__} (the look-ahead calls the segmenter directly: a "
+                "monai.inferers.SimpleInferer is needed)"
+            )
         if accumulation_steps != 1:
             blockers.append(f"accumulation_steps={accumulation_steps!r}")
         if extras:
             blockers.append("adversarial / mixup steps")
-        if self.amp:
-            inexact.append("amp (the reused gradient is float32, the normal step's autocast)")
-        if self.compile:
-            inexact.append("compile")
-        learner.resolve_reuse(blockers, inexact)
+        return blockers
 
     def _policy_step(self, engine: SupervisedTrainer, batchdata: Any) -> bool:
         """Step 1 of a TRA iteration from the look-ahead's pass at ``theta``, when the learner kept one.
@@ -665,11 +660,7 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         params = dict(_unwrap(engine.network).named_parameters())
         names = list(step.grads)
         grads = [step.grads[k] for k in names]
-        if is_distributed():
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            torch.distributed.all_reduce(flat)
-            flat /= torch.distributed.get_world_size()
-            grads = [f.view_as(g) for f, g in zip(torch.split(flat, [g.numel() for g in grads]), grads, strict=True)]
+        grads = average_over_ranks(grads)
         with torch.no_grad():
             if step.buffers:
                 buffers = dict(_unwrap(engine.network).named_buffers())
