@@ -26,6 +26,12 @@ from monai_imbalance.estimation import (
 from monai_imbalance.handlers import PerformanceEstimationHandler
 
 SPECS = ["ac", "cs-ts", "atc", "cs-doc"]
+# The handler's logits come from the engine's batches, the references' one case at a time: the two paths take other
+# floating-point kernels (and other BLAS builds on other machines) and agree to about 1e-7, not to the last bit.
+# Estimates are Dice values in [0, 1]; each comparison also asserts that the estimates from perturbed logits fall
+# outside the tolerance, so it still catches a handler that estimated from the wrong logits.
+ESTIMATE_TOL = 1e-5
+PARAM_REL, PARAM_ABS = 1e-5, 1e-6
 
 
 def _cases(n: int, seed: int, labelled: bool = True, names: bool = False, gain: float = 1.0) -> list[dict]:
@@ -61,6 +67,27 @@ def _evaluator(cases: list[dict], net: torch.nn.Module, batch_size: int = 2) -> 
 def _logits(cases: list[dict], net: torch.nn.Module) -> list[torch.Tensor]:
     with torch.no_grad():
         return [net(torch.as_tensor(c["image"])[None])[0] for c in cases]
+
+
+def _noisy_logits(cases: list[dict], net: torch.nn.Module, seed: int = 5) -> list[torch.Tensor]:
+    """The logits of the cases at 70 % contrast with a little more noise: wrong logits a broken handler might use."""
+    g = torch.Generator().manual_seed(seed)
+    noisy = [{"image": 0.7 * torch.as_tensor(c["image"]) + 0.05 * torch.randn(1, 16, 16, generator=g)} for c in cases]
+    return _logits(noisy, net)
+
+
+def _assert_estimates(got: dict[str, list], estimators: dict, logits: list[torch.Tensor], wrong: list[torch.Tensor]):
+    """``got[name]`` (one list per case) are ``estimators[name]``'s estimates from ``logits`` within the tolerance,
+    and the estimates from the ``wrong`` logits are not (a saturated estimator may not move: some estimate must)."""
+
+    def estimates(zs: list[torch.Tensor]) -> dict[str, list]:
+        return {
+            name: [pytest.approx(est.estimate_case(z).tolist(), abs=ESTIMATE_TOL) for z in zs]
+            for name, est in estimators.items()
+        }
+
+    assert got == estimates(logits)
+    assert got != estimates(wrong)
 
 
 def _flat(params, prefix: str = "") -> dict[str, float]:
@@ -100,9 +127,10 @@ def test_fit_mode_writes_every_estimator_as_its_own_fit_on_the_same_logits(fitte
         assert loaded[name].fitted and loaded[name].num_classes == 2
         mine, theirs = _flat(loaded[name].params), _flat(est.params)
         assert list(mine) == list(theirs), name
-        assert list(mine.values()) == pytest.approx(list(theirs.values()), rel=1e-9, abs=1e-12), name
-        for z in logits[:2]:  # and so they estimate alike
-            torch.testing.assert_close(loaded[name].estimate_case(z), est.estimate_case(z), rtol=1e-9, atol=1e-12)
+        assert list(mine.values()) == pytest.approx(list(theirs.values()), rel=PARAM_REL, abs=PARAM_ABS), name
+    # and so they estimate alike
+    got = {name: [est.estimate_case(z).tolist() for z in logits] for name, est in loaded.items()}
+    _assert_estimates(got, direct, logits, _noisy_logits(cases, net))
 
 
 def test_estimate_mode_matches_the_estimators_on_the_same_logits(fitted, tmp_path):
@@ -115,16 +143,17 @@ def test_estimate_mode_matches_the_estimators_on_the_same_logits(fitted, tmp_pat
     handler.attach(evaluator)
     evaluator.run()
     loaded = load_estimators(path, ["cs-ts", "atc", "qc"])
-    logits = _logits(target, net)
+    logits, wrong = _logits(target, net), _noisy_logits(target, net)
     results = json.loads((tmp_path / "estimates.json").read_text())
     assert results["classes"] == ["box"] and results["estimators"] == ["cs-ts", "atc", "qc"]
     res = results["targets"]["target"]
     assert [c["case"] for c in res["cases"]] == ["img_5_00", "img_5_01", "img_5_02"]
-    for case, z in zip(res["cases"], logits, strict=True):
+    _assert_estimates(
+        {name: [case["estimated"][name] for case in res["cases"]] for name in loaded}, loaded, logits, wrong
+    )
+    for case in res["cases"]:
         assert case["true"] is None
-        for name, est in loaded.items():
-            assert case["estimated"][name] == pytest.approx(est.estimate_case(z).tolist(), abs=1e-12)
-            assert 0.0 <= case["estimated"][name][0] <= 1.0
+        assert all(0.0 <= case["estimated"][name][0] <= 1.0 for name in loaded)
     with open(tmp_path / "estimates.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * 3 + 3  # cases x estimators (one class), then the means
@@ -157,9 +186,11 @@ def test_context_channels_are_merged_into_the_background(fitted):
     handler.attach(evaluator)
     evaluator.run()
     est = load_estimators(path, ["ac"])["ac"]
-    for case, z in zip(handler.last_results["targets"]["target"]["cases"], _logits(target, net3), strict=True):
-        folded = torch.stack([torch.logsumexp(z[[0, 2]], 0), z[1]])  # p_bg + p_context = the background
-        assert case["estimated"]["ac"] == pytest.approx(est.estimate_case(folded).tolist(), abs=1e-12)
+    logits = _logits(target, net3)
+    folded = [torch.stack([torch.logsumexp(z[[0, 2]], 0), z[1]]) for z in logits]  # p_bg + p_context = background
+    dropped = [z[:2] for z in logits]  # the wrong rule: the context channel ignored
+    got = {"ac": [case["estimated"]["ac"] for case in handler.last_results["targets"]["target"]["cases"]]}
+    _assert_estimates(got, {"ac": est}, folded, dropped)
 
 
 class _Recorder:
@@ -219,9 +250,8 @@ def test_track_mode_fits_on_validation_and_logs_the_targets_during_training(tmp_
     for target, cases in (("shifted", _cases(2, seed=3, gain=0.5)), ("unlabelled", _cases(2, seed=4))):
         res = results["targets"][target]
         logits = _logits(cases, net)
-        for record, z in zip(res["cases"], logits, strict=True):
-            for name, est in direct.items():
-                assert record["estimated"][name] == pytest.approx(est.estimate_case(z).tolist(), abs=1e-9)
+        got = {name: [record["estimated"][name] for record in res["cases"]] for name in direct}
+        _assert_estimates(got, direct, logits, _noisy_logits(cases, net))
         if target == "shifted":
             true = prediction_dice(logits, [c["label"] for c in cases]).mean(0).tolist()
             assert res["mean"]["true"] == pytest.approx(true)
