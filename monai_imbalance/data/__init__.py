@@ -17,6 +17,7 @@ from .datalist import (
     load_labels,
     training_subset,
 )
+from .label_view import label_view_mapping, select_labels
 from .phantoms import make_phantom_case, make_phantom_dataset
 from .shifts import RANDOM_SHIFTS, SHIFT_SEVERITIES, SHIFTS, SimulateDomainShiftd, apply_shift, shift_parameters
 from .sources import ChecksumError, SourceError, default_cache_dir
@@ -29,6 +30,8 @@ from .validation import (
 )
 
 __all__ = [
+    "label_view_mapping",
+    "select_labels",
     "RANDOM_SHIFTS",
     "SHIFTS",
     "SHIFT_SEVERITIES",
