@@ -1,19 +1,27 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
-"""The research's comparison table in one command: every (variant, training fraction) cell trained and evaluated.
+"""The research's comparison table in one command: every (variant, training fraction, seed) cell trained and evaluated.
 
 Li, Kamnitsas, Glocker (IEEE TMI 2021, Table II) compare losses and regularisers at several amounts of training
 data. :func:`run_table` reproduces that shape for any bundle: for each cell it runs, as subprocesses,
 
-1. ``python -m monai.bundle run training`` with ``train.json`` (+ ``variants/<variant>.json``), the training
-   fraction and the seed, into the cell's own ``bundle_root`` (``<out>/cells/<variant>__f<fraction>``);
-2. ``python -m monai.bundle run evaluating`` with ``evaluate.json`` on the fixed test split;
+1. ``python -m monai.bundle run training`` with ``train.json`` (+ ``presets/<preset>.json``) (+
+   ``variants/<variant>.json``), the training fraction and the seed, into the cell's own ``bundle_root``
+   (``<out>/cells/<variant>__f<fraction>__s<seed>``);
+2. ``python -m monai.bundle run evaluating`` with the same files and ``evaluate.json`` on the fixed test split;
 
-then reads the cell's ``eval/metrics_summary.csv`` and keeps DSC, SEN, PRC and HD95 of one class (by default the
-rarest foreground class of the test split). Finished cells are skipped on a rerun (their ``result.json`` is
-written atomically last); an interrupted training resumes from its ``latest.pt``. It prints ``cell k/n`` with an
-ETA, and writes ``results.csv`` (one row per cell) and ``results.md`` (one row per variant, per fraction the four
-metrics, the best value of each column in bold).
+then reads the cell's ``eval/metrics_summary.csv`` and ``eval/metrics_per_case.csv`` and keeps DSC, SEN, PRC and
+HD95 of one class (by default the rarest foreground class of the test split): the summary in ``result.json`` and
+the per-case rows in ``cases.csv``. Finished cells are skipped on a rerun (``result.json`` is written atomically
+last; a finished cell folder of the earlier seedless naming ``<variant>__f<fraction>`` is read as the seed its
+``result.json`` records); an interrupted training resumes from its ``latest.pt``. It prints ``cell k/n`` with an
+ETA, and writes ``results.csv`` (one row per cell), ``summary.csv`` (one row per variant, fraction and metric) and
+``results.md`` (see :mod:`monai_imbalance.experiments.markdown`: mean ± sd over seeds, paired Wilcoxon tests
+against ``vanilla``, the best value of each column in bold).
+
+With ``results_dir`` the finished cells (metrics only, never checkpoints) also go to a results folder meant to be
+committed (see :mod:`monai_imbalance.experiments.results`), after each cell; a cell found there counts as
+finished, so a table resumes from the committed folder on another machine.
 
 Each cell is a separate process, so memory is returned between cells and a crash loses one cell only (the others
 still run; the failures are listed at the end); logs are in the cell folder (``train.log``, ``evaluate.log``).
@@ -25,40 +33,77 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
+import shlex
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from monai_imbalance.utils import atomic_open, atomic_write_text
+from monai_imbalance.utils import atomic_write_text
 
-__all__ = ["VANILLA", "METRICS", "cell_dir", "run_cell", "run_table", "format_table", "write_results"]
+from .markdown import format_table
+from .provenance import now, run_stamp
+from .results import cell_name, check_settings, committed_cell, csv_text, write_results_dir
+from .statistics import METRICS, VANILLA, summary_rows
 
-#: The name of the unmodified ``train.json`` in ``--variants`` (unless the bundle has ``variants/vanilla.json``).
-VANILLA = "vanilla"
-#: (summary column, table header, higher is better) of the reported metrics.
-METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("dice", "DSC", True),
-    ("sensitivity", "SEN", True),
-    ("precision", "PRC", True),
-    ("hd95", "HD95", False),
-)
+__all__ = [
+    "VANILLA",
+    "METRICS",
+    "CASE_FIELDS",
+    "cell_dir",
+    "config_files",
+    "load_cell",
+    "run_cell",
+    "run_table",
+    "format_table",
+    "write_results",
+]
+
+#: Columns of a cell's ``cases.csv`` (the per-case metrics of the reported class).
+CASE_FIELDS: tuple[str, ...] = ("case", "split", *(m for m, _, _ in METRICS))
+
+Cell = tuple[str, float, int]
 
 
-def cell_dir(out: str | os.PathLike, variant: str, fraction: float) -> Path:
-    """The folder of one cell: ``<out>/cells/<variant>__f<fraction>``."""
-    return Path(out) / "cells" / f"{variant}__f{fraction:g}"
+def cell_dir(out: str | os.PathLike, variant: str, fraction: float, seed: int = 0) -> Path:
+    """The folder of one cell: ``<out>/cells/<variant>__f<fraction>__s<seed>``."""
+    return Path(out) / "cells" / cell_name(variant, fraction, seed)
 
 
-def _config_files(bundle: Path, variant: str) -> list[str]:
-    configs = bundle / "configs"
+def _finished_dir(out: str | os.PathLike, variant: str, fraction: float, seed: int) -> Path | None:
+    """The folder of the finished cell, also under the earlier seedless name; ``None`` when not finished."""
+    folder = cell_dir(out, variant, fraction, seed)
+    if (folder / "result.json").is_file():
+        return folder
+    legacy = Path(out) / "cells" / f"{variant}__f{float(fraction):g}"
+    if (legacy / "result.json").is_file() and json.loads((legacy / "result.json").read_text()).get("seed") == seed:
+        return legacy
+    return None
+
+
+def config_files(bundle: str | os.PathLike, variant: str, preset: str | None = None) -> list[str]:
+    """The training config files of a cell: ``train.json``, the preset, the variant (in this order).
+
+    Args:
+        bundle: the bundle folder.
+        variant: a file of ``configs/variants`` without ``.json``; ``vanilla`` is ``train.json`` alone unless
+            ``variants/vanilla.json`` exists.
+        preset: a file of ``configs/presets`` without ``.json``, or ``None``.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+    """
+    configs = Path(bundle) / "configs"
     files = [configs / "train.json"]
+    if preset is not None:
+        files.append(configs / "presets" / f"{preset}.json")
+        if not files[-1].is_file():
+            raise FileNotFoundError(f"preset {preset!r}: config file '{files[-1]}' not found.")
     override = configs / "variants" / f"{variant}.json"
     if variant != VANILLA or override.is_file():
         files.append(override)
@@ -88,6 +133,36 @@ def _pick_class(cases_csv: Path, split: str) -> int:
     return min(totals, key=lambda c: (totals[c], c))
 
 
+def _read_cases(path: Path, split: str | None = None, class_index: int | None = None) -> list[dict[str, Any]]:
+    """Per-case rows (``CASE_FIELDS``, metrics as floats) of a ``cases.csv`` or of the split and class of an
+    ``eval/metrics_per_case.csv``."""
+    with open(path) as f:
+        rows = [
+            r
+            for r in csv.DictReader(f)
+            if (split is None or r["split"] == split) and (class_index is None or int(r["class_index"]) == class_index)
+        ]
+    return [{"case": r["case"], "split": r["split"], **{m: float(r[m]) for m, _, _ in METRICS}} for r in rows]
+
+
+def load_cell(folder: str | os.PathLike) -> dict[str, Any]:
+    """The result of a finished cell folder: ``result.json`` with its per-case rows as ``cases``.
+
+    The rows come from ``cases.csv``, or for a cell finished before it was written, from the reported split and
+    class of ``eval/metrics_per_case.csv`` (none when that is gone too).
+    """
+    folder = Path(folder)
+    result = json.loads((folder / "result.json").read_text())
+    cases: list[dict[str, Any]] = []
+    if (folder / "cases.csv").is_file():
+        cases = _read_cases(folder / "cases.csv")
+    elif (folder / "eval" / "metrics_per_case.csv").is_file():
+        cases = _read_cases(
+            folder / "eval" / "metrics_per_case.csv", result.get("split", "test"), result["class_index"]
+        )
+    return {**result, "cases": cases}
+
+
 def run_cell(
     bundle: str | os.PathLike,
     variant: str,
@@ -97,6 +172,8 @@ def run_cell(
     split: str = "test",
     class_index: int | None = None,
     overrides: Sequence[str] = (),
+    preset: str | None = None,
+    stamp: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one cell (or return its saved result), and return the result dict.
 
@@ -105,22 +182,25 @@ def run_cell(
         variant: a variant file name without ``.json``, or ``"vanilla"`` for ``train.json`` alone.
         fraction: the training fraction (nested, seeded subsets of the training cases).
         out: the experiment folder.
-        seed: the seed of the case selection, the initialisation and the augmentation.
+        seed: the seed of the case selection, the initialisation and the augmentation (``--seed`` of both runs).
         split: the evaluation split.
         class_index: the class to report; default the rarest foreground class of the split.
         overrides: extra command-line overrides passed to both runs, e.g. ``["--epochs", "5"]``.
+        preset: a file of ``configs/presets`` (without ``.json``) stacked after ``train.json``, before the variant.
+        stamp: extra entries recorded in the result (e.g. ``commit``, ``dirty``, ``machine``).
 
     Returns:
-        ``{"variant", "fraction", "seed", "class_index", "class", "n", "<metric>_mean", "<metric>_std",
-        "train_seconds", "eval_seconds"}``.
+        ``{"variant", "fraction", "seed", "preset", "split", "class_index", "class", "n", "<metric>_mean",
+        "<metric>_std", "train_seconds", "eval_seconds", "finished", **stamp, "cases"}``, ``cases`` the per-case
+        rows of the class (also written to the cell's ``cases.csv``).
     """
     bundle = Path(bundle)
-    folder = cell_dir(out, variant, fraction)
-    result_file = folder / "result.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
+    finished = _finished_dir(out, variant, fraction, seed)
+    if finished is not None:
+        return load_cell(finished)
+    folder = cell_dir(out, variant, fraction, seed)
     folder.mkdir(parents=True, exist_ok=True)
-    train_files = _config_files(bundle, variant)
+    train_files = config_files(bundle, variant, preset)
     configs = bundle / "configs"
     common = [
         "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
@@ -137,75 +217,56 @@ def run_cell(
     _run([*eval_cmd, *common, "--eval_splits", repr([split])], folder / "evaluate.log")
     eval_seconds = time.time() - start
 
+    per_case = folder / "eval" / "metrics_per_case.csv"
     if class_index is None:
-        class_index = _pick_class(folder / "eval" / "metrics_per_case.csv", split)
+        class_index = _pick_class(per_case, split)
     with open(folder / "eval" / "metrics_summary.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == split and int(r["class_index"]) == class_index]
     if not rows:
         raise RuntimeError(f"no summary row for split {split!r}, class {class_index} in '{folder / 'eval'}'.")
     row = rows[0]
+    cases = _read_cases(per_case, split, class_index)
     result: dict[str, Any] = {
         "variant": variant,
         "fraction": fraction,
         "seed": seed,
+        "preset": preset,
+        "split": split,
         "class_index": class_index,
         "class": row["class"],
         "n": int(row["n"]),
         **{f"{m}_{s}": float(row[f"{m}_{s}"]) for m, _, _ in METRICS for s in ("mean", "std")},
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(eval_seconds, 1),
+        "finished": now(),
+        **(stamp or {}),
     }
-    atomic_write_text(json.dumps(result, indent=4) + "\n", result_file)
-    return result
-
-
-def format_table(results: Sequence[dict[str, Any]], variants: Sequence[str], fractions: Sequence[float]) -> str:
-    """The Markdown table: one row per variant; per fraction DSC, SEN, PRC (%), HD95 (mm); best per column bold."""
-    by_cell = {(r["variant"], float(r["fraction"])): r for r in results}
-    header = ["Variant"] + [f"{h} @ {f:g}" for f in fractions for _, h, _ in METRICS]
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
-    best: dict[tuple[float, str], float] = {}
-    for f in fractions:
-        for key, _, higher in METRICS:
-            values = [by_cell[(v, f)][f"{key}_mean"] for v in variants if (v, f) in by_cell]
-            values = [x for x in values if not math.isnan(x)]
-            if values:
-                best[(f, key)] = max(values) if higher else min(values)
-    for v in variants:
-        cells = [v]
-        for f in fractions:
-            for key, _, _ in METRICS:
-                r = by_cell.get((v, f))
-                if r is None or math.isnan(r[f"{key}_mean"]):
-                    cells.append("-" if r is None else "n/a")
-                    continue
-                value = r[f"{key}_mean"]
-                text = f"{value:.2f}" if key == "hd95" else f"{100 * value:.1f}"
-                cells.append(f"**{text}**" if best.get((f, key)) == value else text)
-        lines.append("| " + " | ".join(cells) + " |")
-    some = next(iter(results), None)
-    if some is not None:
-        lines.append("")
-        lines.append(
-            f"Class `{some['class']}` of the `{len(results)}` cells' test split: mean over cases (DSC, SEN, PRC in %, "
-            "HD95 in mm); best of each column in bold; seed "
-            f"{some['seed']}."
-        )
-    return "\n".join(lines) + "\n"
+    atomic_write_text(csv_text(cases, CASE_FIELDS), folder / "cases.csv")
+    atomic_write_text(json.dumps(result, indent=4) + "\n", folder / "result.json")
+    return {**result, "cases": cases}
 
 
 def write_results(
-    out: str | os.PathLike, results: Sequence[dict[str, Any]], variants: Sequence[str], fractions: Sequence[float]
+    out: str | os.PathLike,
+    results: Sequence[dict[str, Any]],
+    variants: Sequence[str],
+    fractions: Sequence[float],
+    seeds: Sequence[int] | None = None,
+    preset: str | None = None,
 ) -> str:
-    """Write ``results.csv`` and ``results.md`` into ``out`` (atomically) and return the Markdown."""
+    """Write ``results.csv``, ``summary.csv`` and ``results.md`` into ``out`` (atomically) and return the Markdown.
+
+    Args:
+        out: the experiment folder.
+        results: the finished cells (with ``cases`` for the paired tests).
+        variants, fractions, seeds, preset: the table's (see :func:`~monai_imbalance.experiments.format_table`).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    columns = list(results[0]) if results else ["variant", "fraction"]
-    with atomic_open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(results)
-    table = format_table(results, variants, fractions)
+    rows = [{k: v for k, v in r.items() if k != "cases"} for r in results]
+    atomic_write_text(csv_text(rows, None if rows else ["variant", "fraction", "seed"]), out / "results.csv")
+    atomic_write_text(csv_text(summary_rows(results, variants, fractions)), out / "summary.csv")
+    table = format_table(results, variants, fractions, seeds, preset=preset)
     atomic_write_text(table, out / "results.md")
     return table
 
@@ -215,78 +276,135 @@ def run_table(
     variants: Sequence[str],
     fractions: Sequence[float],
     out: str | os.PathLike,
-    seed: int = 0,
+    seeds: int | Sequence[int] = (0,),
     split: str = "test",
     class_index: int | None = None,
     overrides: Sequence[str] = (),
     jobs: int = 1,
     collect_only: bool = False,
+    preset: str | None = None,
+    results_dir: str | os.PathLike | None = None,
+    command: str | None = None,
 ) -> str:
-    """Run every (variant, fraction) cell not finished yet, then write and return the table (see module doc).
+    """Run every (variant, fraction, seed) cell not finished yet, then write and return the table (see module doc).
 
     Args:
-        bundle, variants, fractions, out, seed, split, class_index, overrides: as in :func:`run_cell`.
+        bundle, variants, fractions, out, split, class_index, overrides, preset: as in :func:`run_cell`.
+        seeds: the seeds; each (variant, fraction, seed) is one cell.
         jobs: cells trained at the same time (each its own process; useful on a GPU with spare memory and CPU
             cores for the loaders). Cells start in table order.
         collect_only: train nothing; write the table of the cells finished so far (missing cells show ``-``).
+        results_dir: a results folder to commit (see :mod:`monai_imbalance.experiments.results`): its cells count
+            as finished, and each cell finished here is added to it.
+        command: the command line recorded in the results folder (default: this process's).
 
     A failed cell does not stop the others: every runnable cell is run, the table of the finished ones is
     written, then a ``RuntimeError`` names each failed cell and its log.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}.")
+    seeds = [int(seeds)] if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must not be empty.")
     bundle = Path(bundle)
     for v in variants:
-        _config_files(bundle, v)  # fail before the first cell on a misspelt variant
-    cells = [(v, float(f)) for f in fractions for v in variants]
-    todo = [c for c in cells if not (cell_dir(out, *c) / "result.json").is_file()]
-    failures: dict[tuple[str, float], str] = {}
+        config_files(bundle, v, preset)  # fail before the first cell on a misspelt variant or preset
+    settings = {
+        "bundle": str(bundle), "preset": preset, "split": split, "class_index": class_index,
+        "variants": list(variants), "fractions": [float(f) for f in fractions], "seeds": seeds,
+        "overrides": list(overrides),
+    }  # fmt: skip
+    if results_dir is not None:
+        check_settings(results_dir, settings)
+    stamp = run_stamp(bundle, [results_dir] if results_dir is not None else [])
+    run = {
+        "command": command or shlex.join([Path(sys.executable).name, *sys.argv]),
+        "started": now(),
+        "commit": stamp["commit"],
+        "dirty": stamp["dirty"],
+        "machine": stamp["machine"],
+    }
+    cell_stamp = {"commit": stamp["commit"], "dirty": stamp["dirty"], "machine": stamp["machine"]["name"]}
+    cells: list[Cell] = [(v, float(f), s) for f in fractions for v in variants for s in seeds]
+    lock = threading.Lock()
+
+    def finished() -> list[dict[str, Any]]:
+        found = []
+        for v, f, s in cells:
+            r = committed_cell(results_dir, v, f, s) if results_dir is not None else None
+            if r is None and (folder := _finished_dir(out, v, f, s)) is not None:
+                r = load_cell(folder)
+            if r is not None:
+                if r.get("preset") != preset:
+                    raise ValueError(
+                        f"cell {cell_name(v, f, s)} was run with preset {r.get('preset')!r}, this table has "
+                        f"{preset!r}: use another --out / --results folder."
+                    )
+                found.append(r)
+        return found
+
+    def commit_results() -> None:
+        if results_dir is not None:
+            with lock:
+                write_results_dir(results_dir, finished(), settings, run)
+
+    done = {(r["variant"], float(r["fraction"]), int(r["seed"])) for r in finished()}
+    todo = [c for c in cells if c not in done]
+    failures: dict[Cell, str] = {}
     if not collect_only:
-        failures = _run_cells(bundle, cells, todo, out, jobs, (seed, split, class_index, overrides))
-    results = [
-        json.loads((cell_dir(out, *c) / "result.json").read_text())
-        for c in cells
-        if (cell_dir(out, *c) / "result.json").is_file()
-    ]
-    table = write_results(out, results, list(variants), [float(f) for f in fractions])
+        args = (split, class_index, overrides)
+        failures = _run_cells(
+            bundle, cells, todo, out, jobs, args, {"preset": preset, "stamp": cell_stamp}, commit_results
+        )
+    results = finished()
+    table = write_results(out, results, list(variants), settings["fractions"], seeds, preset)
+    commit_results()
     if failures:
-        lines = [f"{v} @ {f:g}: {msg.splitlines()[0]}" for (v, f), msg in failures.items()]
+        lines = [f"{v} @ {f:g}, seed {s}: {msg.splitlines()[0]}" for (v, f, s), msg in failures.items()]
         raise RuntimeError(
             f"{len(failures)} of {len(cells)} cells failed (table of the others written):\n" + "\n".join(lines)
         )
     return table
 
 
+def _label(cell: Cell) -> str:
+    return f"{cell[0]} @ {cell[1]:g}, seed {cell[2]}"
+
+
 def _run_cells(
     bundle: Path,
-    cells: list[tuple[str, float]],
-    todo: list[tuple[str, float]],
+    cells: list[Cell],
+    todo: list[Cell],
     out: str | os.PathLike,
     jobs: int,
-    settings: tuple[int, str, int | None, Sequence[str]],
-) -> dict[tuple[str, float], str]:
-    """Run the ``todo`` cells, ``jobs`` at a time, printing progress; return ``{cell: error message}``."""
-    for k, (variant, fraction) in enumerate(cells, start=1):
-        if (variant, fraction) not in todo:
-            print(f"cell {k}/{len(cells)}: {variant} @ {fraction:g} (done)", flush=True)
+    args: tuple[str, int | None, Sequence[str]],
+    kwargs: dict[str, Any],
+    on_finished: Callable[[], None],
+) -> dict[Cell, str]:
+    """Run the ``todo`` cells, ``jobs`` at a time, printing progress and calling ``on_finished`` after each
+    finished cell; return ``{cell: error message}``."""
+    for k, cell in enumerate(cells, start=1):
+        if cell not in todo:
+            print(f"cell {k}/{len(cells)}: {_label(cell)} (done)", flush=True)
     lock = threading.Lock()
     durations: list[float] = []
-    failures: dict[tuple[str, float], str] = {}
+    failures: dict[Cell, str] = {}
     finished = [0]
 
-    def one(cell: tuple[str, float]) -> None:
+    def one(cell: Cell) -> None:
         k = cells.index(cell) + 1
         with lock:
             left = len(todo) - finished[0]
             eta = f", ETA {_duration(left * sum(durations) / len(durations) / jobs)}" if durations else ""
-            print(f"cell {k}/{len(cells)}: {cell[0]} @ {cell[1]:g}{eta}", flush=True)
+            print(f"cell {k}/{len(cells)}: {_label(cell)}{eta}", flush=True)
         start = time.time()
         try:
-            run_cell(bundle, cell[0], cell[1], out, *settings)
+            run_cell(bundle, cell[0], cell[1], out, cell[2], *args, **kwargs)
+            on_finished()
         except (RuntimeError, OSError, ValueError) as e:
             with lock:
                 failures[cell] = str(e)
-                print(f"cell {k}/{len(cells)}: {cell[0]} @ {cell[1]:g} FAILED: {str(e).splitlines()[0]}", flush=True)
+                print(f"cell {k}/{len(cells)}: {_label(cell)} FAILED: {str(e).splitlines()[0]}", flush=True)
         with lock:
             durations.append(time.time() - start)
             finished[0] += 1

@@ -54,7 +54,9 @@ def test_misspelt_variant_fails_before_any_training(tmp_path):
 def test_table_end_to_end_and_resume(tmp_path, capsys):
     data = make_phantom_dataset(tmp_path / "data", num_training=4, num_validation=1, num_test=2, seed=3)
     out = tmp_path / "table"
-    args = ["table", "--bundle", str(BUNDLE), "--variants", "vanilla", "ce", "--fractions", "0.5", "--out", str(out)]
+    results = tmp_path / "results"
+    args = ["table", "--bundle", str(BUNDLE), "--variants", "vanilla", "ce", "--fractions", "0.5", "--out", str(out),
+            "--results", str(results)]  # fmt: skip
     assert main([*args, "--", "--dataset_dir", str(data), *TINY]) == 0
     printed = capsys.readouterr().out
     assert "cell 1/2: vanilla @ 0.5" in printed and "cell 2/2: ce @ 0.5" in printed and "ETA" in printed
@@ -67,6 +69,13 @@ def test_table_end_to_end_and_resume(tmp_path, capsys):
     log = (cell_dir(out, "ce", 0.5) / "train.log").read_text()
     assert "training_fraction: 0.5" in log or "training_fraction: '0.5'" in log
     assert "| vanilla |" in (out / "results.md").read_text()
+    # the per-case rows of the reported class, in the cell and in the results folder (no checkpoint there)
+    with open(cell_dir(out, "ce", 0.5) / "cases.csv") as f:
+        cases = list(csv.DictReader(f))
+    assert list(cases[0]) == ["case", "split", "dice", "sensitivity", "precision", "hd95"] and len(cases) == 2
+    committed = json.loads((results / "cells" / "ce__f0.5__s0.json").read_text())
+    assert [c["case"] for c in committed["cases"]] == [c["case"] for c in cases]
+    assert {p.suffix for p in results.rglob("*") if p.is_file()} == {".json", ".csv", ".md"}
 
     # a rerun skips finished cells (their result.json stays as it was) and reports them as done
     before = json.loads((cell_dir(out, "vanilla", 0.5) / "result.json").read_text())
@@ -82,11 +91,11 @@ def test_parallel_cells_failure_and_collect(tmp_path, monkeypatch, capsys):
 
     calls = []
 
-    def fake_run_cell(bundle, variant, fraction, out, seed, split, class_index, overrides):
+    def fake_run_cell(bundle, variant, fraction, out, seed, split, class_index, overrides, preset=None, stamp=None):
         calls.append((variant, fraction))
         if variant == "ce" and fraction == 0.5:
             raise RuntimeError("command failed (exit 1), log 'x/train.log':\nboom")
-        folder = cell_dir(out, variant, fraction)
+        folder = cell_dir(out, variant, fraction, seed)
         folder.mkdir(parents=True, exist_ok=True)
         result = _result(variant, fraction, 0.6 if variant == "ce" else 0.4)
         (folder / "result.json").write_text(json.dumps(result))
@@ -94,7 +103,7 @@ def test_parallel_cells_failure_and_collect(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(table_module, "run_cell", fake_run_cell)
     out = tmp_path / "table"
-    with pytest.raises(RuntimeError, match=r"1 of 4 cells failed[\s\S]*ce @ 0.5: command failed"):
+    with pytest.raises(RuntimeError, match=r"1 of 4 cells failed[\s\S]*ce @ 0.5, seed 0: command failed"):
         run_table(BUNDLE, ["vanilla", "ce"], [0.1, 0.5], out, jobs=2)
     assert sorted(calls) == sorted([("vanilla", 0.1), ("ce", 0.1), ("vanilla", 0.5), ("ce", 0.5)])
     rows = (out / "results.md").read_text().splitlines()

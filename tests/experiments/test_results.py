@@ -1,0 +1,204 @@
+# Copyright (c) monai-imbalance contributors
+# Licensed under the Apache License, Version 2.0 (the "License").
+"""Seeds, presets, committed results folders, provenance and README rendering of the table (stubbed cell runs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from monai_imbalance.experiments import cell_dir, config_files, load_cells, results_markdown, run_table
+from monai_imbalance.experiments.__main__ import main
+from monai_imbalance.experiments.render import GENERATED, markers
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _trainings(calls):
+    return sorted((c["folder"].name, c["seed"]) for c in calls if c["stage"] == "training")
+
+
+def test_seeds_make_separate_cells_and_mean_sd_over_seeds(fake_bundle, fake_runs, fake_eval, tmp_path, capsys):
+    names, case_dice = fake_eval.cases, fake_eval.case_dice
+    out = tmp_path / "table"
+    table = run_table(fake_bundle, ["vanilla", "ce"], [0.5], out, seeds=[0, 1, 2])
+    assert _trainings(fake_runs) == sorted(
+        (f"{v}__f0.5__s{s}", s) for v in ("vanilla", "ce") for s in (0, 1, 2)
+    )  # one cell per seed, the seed passed as --seed
+    assert "cell 6/6: ce @ 0.5, seed 2" in capsys.readouterr().out
+    # per seed the mean over the 8 cases, then mean ± sd over seeds: by hand with case_dice
+    seed_means = [sum(case_dice("ce", s, i) for i in range(len(names))) / len(names) for s in (0, 1, 2)]
+    mean = sum(seed_means) / 3
+    sd = (sum((m - mean) ** 2 for m in seed_means) / 2) ** 0.5
+    assert round(100 * mean, 1) == 72.2 and round(100 * sd, 1) == 1.0  # 0.712, 0.722, 0.732
+    row = next(line for line in table.splitlines() if line.startswith("| ce |")).split(" | ")
+    assert row[1] == f"**{100 * mean:.1f} ± {100 * sd:.1f}** \\*\\*"
+    # the cell keeps its per-case rows of the rarest class (class 1 'fg')
+    with open(cell_dir(out, "ce", 0.5, 2) / "cases.csv") as f:
+        cases = list(csv.DictReader(f))
+    assert [c["case"] for c in cases] == names and float(cases[3]["dice"]) == pytest.approx(case_dice("ce", 2, 3))
+    with open(out / "summary.csv") as f:
+        summary = {(r["variant"], r["metric"]): r for r in csv.DictReader(f)}
+    assert float(summary[("ce", "dice")]["sd"]) == pytest.approx(sd) and summary[("ce", "dice")]["n_pairs"] == "24"
+
+
+def test_collect_with_partial_seeds(fake_bundle, fake_runs, tmp_path):
+    out = tmp_path / "table"
+    run_table(fake_bundle, ["vanilla", "ce"], [0.5], out, seeds=[0, 1])
+    run_table(fake_bundle, ["same"], [0.5], out, seeds=[0])  # 'same' has 1 of the 2 seeds
+    fake_runs.clear()
+    table = run_table(fake_bundle, ["vanilla", "ce", "same", "worse"], [0.5], out, seeds=[0, 1], collect_only=True)
+    assert fake_runs == []
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
+    assert rows["same"][1].endswith("(n=1)") and "n=" not in rows["vanilla"][1] and rows["worse"][1] == "-"
+    assert rows["ce"][1].count("±") == 1 and "±" not in rows["same"][1]
+
+
+def test_failure_isolated_and_worse_mark(fake_bundle, fake_runs, tmp_path):
+    out = tmp_path / "table"
+    with pytest.raises(RuntimeError, match=r"1 of 4 cells failed[\s\S]*broken @ 0.5, seed 0: command failed"):
+        run_table(fake_bundle, ["vanilla", "worse", "broken", "same"], [0.5], out, jobs=2)
+    table = (out / "results.md").read_text()
+    assert "| worse | 40.5 \\*\\* ↓ |" in table and "| broken | - |" in table and "| same | **60.5** |" in table
+
+
+def test_preset_order_and_missing_preset(fake_bundle, fake_runs, tmp_path, capsys):
+    configs = fake_bundle / "configs"
+    assert config_files(fake_bundle, "ce", "fast") == [
+        str(configs / "train.json"), str(configs / "presets" / "fast.json"), str(configs / "variants" / "ce.json")
+    ]  # fmt: skip
+    assert config_files(fake_bundle, "vanilla", "fast") == [
+        str(configs / "train.json"), str(configs / "presets" / "fast.json")
+    ]  # fmt: skip
+    out = tmp_path / "table"
+    run_table(fake_bundle, ["ce"], [0.5], out, preset="fast")
+    train, evaluate = fake_runs
+    assert train["files"] == config_files(fake_bundle, "ce", "fast")
+    assert evaluate["files"] == [*config_files(fake_bundle, "ce", "fast"), str(configs / "evaluate.json")]
+    assert json.loads((cell_dir(out, "ce", 0.5) / "result.json").read_text())["preset"] == "fast"
+    assert "preset `fast`" in (out / "results.md").read_text()
+    # the same folder with another preset: refused, not mixed
+    with pytest.raises(ValueError, match="run with preset 'fast', this table has None"):
+        run_table(fake_bundle, ["ce"], [0.5], out, collect_only=True)
+
+    fake_runs.clear()
+    args = [
+        "table",
+        "--bundle",
+        str(fake_bundle),
+        "--variants",
+        "ce",
+        "--fractions",
+        "0.5",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main([*args, "--preset", "nope"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: preset 'nope': config file '{configs / 'presets' / 'nope.json'}' not found."
+    assert fake_runs == [] and not (tmp_path / "o").exists()
+
+
+def test_results_folder_resume_and_provenance(fake_bundle, fake_runs, fake_eval, tmp_path):
+    results = tmp_path / "results" / "t2"
+    base = ["table", "--bundle", str(fake_bundle), "--variants", "vanilla", "ce", "--fractions", "0.5",
+            "--results", str(results)]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "machine_a"), "--seeds", "0", "--", "--epochs", "2"]) == 0
+    assert _trainings(fake_runs) == [("ce__f0.5__s0", 0), ("vanilla__f0.5__s0", 0)]
+    first = (results / "cells" / "ce__f0.5__s0.json").read_text()
+
+    # another machine, a fresh --out: the committed cells count as finished, only the new seed trains
+    fake_runs.clear()
+    assert main([*base, "--out", str(tmp_path / "machine_b"), "--seeds", "0", "1"]) == 0
+    assert _trainings(fake_runs) == [("ce__f0.5__s1", 1), ("vanilla__f0.5__s1", 1)]
+    assert (results / "cells" / "ce__f0.5__s0.json").read_text() == first  # committed cells are never rewritten
+    assert sorted(p.name for p in (results / "cells").iterdir()) == [
+        "ce__f0.5__s0.json", "ce__f0.5__s1.json", "vanilla__f0.5__s0.json", "vanilla__f0.5__s1.json"
+    ]  # fmt: skip
+    assert sorted(p.name for p in results.iterdir()) == [
+        "cells", "provenance.json", "results.csv", "results.md", "summary.csv"
+    ]  # fmt: skip
+    cell = json.loads(first)
+    assert {"commit", "dirty", "machine", "finished", "train_seconds", "eval_seconds", "preset"} <= set(cell)
+    assert len(cell["cases"]) == len(fake_eval.cases) and set(cell["cases"][0]) == {
+        "case", "split", "dice", "sensitivity", "precision", "hd95"
+    }  # fmt: skip
+
+    prov = json.loads((results / "provenance.json").read_text())
+    assert prov["command"].startswith("python -m monai_imbalance.experiments table --bundle")
+    assert "--seeds 0 1" in prov["command"] and prov["bundle"] == str(fake_bundle) and prov["preset"] is None
+    assert prov["variants"] == ["vanilla", "ce"] and prov["fractions"] == [0.5] and prov["seeds"] == [0, 1]
+    assert prov["overrides"] == [] and prov["cells"] == 4 and prov["compute_seconds"] >= 0
+    assert {"commit", "dirty", "date"} <= set(prov)
+    assert {"name", "platform", "cpu", "cores", "torch", "gpus"} <= set(prov["machine"])
+    assert [r["cells"] for r in prov["runs"]] == [
+        ["vanilla__f0.5__s0", "ce__f0.5__s0"], ["vanilla__f0.5__s1", "ce__f0.5__s1"]
+    ]  # fmt: skip
+    assert prov["runs"][0]["overrides"] == ["--epochs", "2"] and "--seeds 0 --" in prov["runs"][0]["command"]
+    with open(results / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    # results.md is generated from the committed files alone
+    assert (results / "results.md").read_text() == results_markdown(results)
+    assert "Command: `python -m monai_imbalance.experiments table" in results_markdown(results)
+    assert len(load_cells(results)) == 4
+
+    # a results folder holds one bundle / preset / split / class
+    with pytest.raises(ValueError, match="holds cells with preset None, this table has 'fast'"):
+        run_table(fake_bundle, ["ce"], [0.5], tmp_path / "c", preset="fast", results_dir=results)
+
+
+def test_collect_fills_the_results_folder(fake_bundle, fake_runs, tmp_path):
+    out = tmp_path / "table"
+    run_table(fake_bundle, ["vanilla", "ce"], [0.5], out, seeds=[0, 1])
+    fake_runs.clear()
+    results = tmp_path / "results"
+    run_table(fake_bundle, ["vanilla", "ce"], [0.5], out, seeds=[0, 1], collect_only=True, results_dir=results)
+    assert fake_runs == [] and len(load_cells(results)) == 4
+
+
+def test_seedless_cell_folder_read_as_its_seed(fake_bundle, fake_runs, tmp_path):
+    out = tmp_path / "table"
+    run_table(fake_bundle, ["ce"], [0.5], out)
+    cell_dir(out, "ce", 0.5, 0).rename(out / "cells" / "ce__f0.5")  # a cell of the earlier naming
+    fake_runs.clear()
+    table = run_table(fake_bundle, ["ce"], [0.5], out, seeds=[0, 1])
+    assert _trainings(fake_runs) == [("ce__f0.5__s1", 1)] and "| **71.7 ± 0.7** |" in table
+
+
+def test_render_between_markers_and_check(fake_bundle, fake_runs, tmp_path, capsys):
+    results = tmp_path / "results"
+    run_table(fake_bundle, ["vanilla", "ce"], [0.5], tmp_path / "out", seeds=[0, 1], results_dir=results)
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nbefore\n<!-- results:t2 -->\nold table\n<!-- /results:t2 -->\nafter\n")
+    args = ["render", "--results", str(results), "--readme", str(readme), "--marker", "t2"]
+    assert main([*args, "--check"]) == 1
+    assert "differs" in capsys.readouterr().err and "old table" in readme.read_text()
+    assert main(args) == 0
+    text = readme.read_text()
+    block = text.split("<!-- results:t2 -->\n")[1].split("<!-- /results:t2 -->")[0]
+    assert block == f"{GENERATED}\n{results_markdown(results)}"
+    assert text.startswith("# Title\n\nbefore\n") and text.endswith("<!-- /results:t2 -->\nafter\n")
+    assert "| ce | **" in block and "Command: `" in block and "preset: none" in block and "commit: " in block
+    assert main([*args, "--check"]) == 0 and markers(text) == ["t2"]
+    # a new cell makes the block stale
+    run_table(fake_bundle, ["vanilla", "ce"], [0.5], tmp_path / "out", seeds=[0, 1, 2], results_dir=results)
+    assert main([*args, "--check"]) == 1
+    capsys.readouterr()
+    assert main([*args[:-1], "other"]) == 1
+    err = capsys.readouterr().err
+    assert f"'{readme}'" in err and "<!-- results:other -->" in err and "<!-- /results:other -->" in err
+
+
+def test_readme_tables_match_committed_results():
+    """Every ``<!-- results:NAME -->`` block of the READMEs is what ``render`` writes from ``results/NAME``."""
+    from monai_imbalance.experiments import render_readme
+
+    for readme in [REPO / "README.md", *sorted(REPO.glob("bundles/*/docs/README.md"))]:
+        for name in markers(readme.read_text()):
+            assert not render_readme(REPO / "results" / name, readme, name, check=True), (
+                f"{readme}: block results:{name} is stale; run python -m monai_imbalance.experiments render "
+                f"--results results/{name} --readme {readme.relative_to(REPO)} --marker {name}"
+            )
