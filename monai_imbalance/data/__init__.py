@@ -1,6 +1,6 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
-"""Data: MSD datalists with training fractions, input validation, synthetic phantoms, the built-in dataset, shifts.
+"""Data: MSD datalists with training fractions, input validation, phantoms, the built-in dataset, lesions, shifts.
 
 The built-in dataset is built by ``python -m monai_imbalance.data prepare`` (:func:`prepare_dataset`, see
 :mod:`monai_imbalance.data.builtin` for what it is and :mod:`monai_imbalance.data.sources` for where it comes from).
@@ -18,6 +18,7 @@ from .datalist import (
     training_subset,
 )
 from .label_view import label_view_mapping, select_labels
+from .lesions import Lesion, LesionParams, add_lesions, lesion_centre_region
 from .phantoms import make_phantom_case, make_phantom_dataset
 from .shifts import RANDOM_SHIFTS, SHIFT_SEVERITIES, SHIFTS, SimulateDomainShiftd, apply_shift, shift_parameters
 from .sources import ChecksumError, SourceError, default_cache_dir
@@ -38,9 +39,13 @@ __all__ = [
     "SPLITS",
     "TASKS",
     "ChecksumError",
+    "Lesion",
+    "LesionParams",
     "PrepareError",
     "SourceError",
+    "add_lesions",
     "default_cache_dir",
+    "lesion_centre_region",
     "prepare_dataset",
     "synthesize_case",
     "DataValidationError",

