@@ -113,9 +113,12 @@ def config_files(bundle: str | os.PathLike, variant: str, preset: str | None = N
     return [str(f) for f in files]
 
 
-def _run(cmd: list[str], log: Path) -> None:
+def _run(cmd: list[str], log: Path, threads: int | None = None) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads)  # cells side by side must not oversubscribe the cores
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         tail = log.read_text()[-2000:]
         raise RuntimeError(f"command failed (exit {proc.returncode}), log '{log}':\n{' '.join(cmd)}\n...{tail}")
@@ -174,6 +177,7 @@ def run_cell(
     overrides: Sequence[str] = (),
     preset: str | None = None,
     stamp: Mapping[str, Any] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one cell (or return its saved result), and return the result dict.
 
@@ -188,6 +192,7 @@ def run_cell(
         overrides: extra command-line overrides passed to both runs, e.g. ``["--epochs", "5"]``.
         preset: a file of ``configs/presets`` (without ``.json``) stacked after ``train.json``, before the variant.
         stamp: extra entries recorded in the result (e.g. ``commit``, ``dirty``, ``machine``).
+        threads: ``OMP_NUM_THREADS`` of both runs, unless the environment sets it (default: the library's own).
 
     Returns:
         ``{"variant", "fraction", "seed", "preset", "split", "class_index", "class", "n", "<metric>_mean",
@@ -209,12 +214,12 @@ def run_cell(
     start = time.time()
     resume = ["--resume", "true"] if (folder / "models" / "latest.pt").is_file() else []
     train_cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr(train_files)]
-    _run([*train_cmd, *common, *resume], folder / "train.log")
+    _run([*train_cmd, *common, *resume], folder / "train.log", threads)
     train_seconds = time.time() - start
     start = time.time()
     eval_files = [*train_files, str(configs / "evaluate.json")]
     eval_cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", repr(eval_files)]
-    _run([*eval_cmd, *common, "--eval_splits", repr([split])], folder / "evaluate.log")
+    _run([*eval_cmd, *common, "--eval_splits", repr([split])], folder / "evaluate.log", threads)
     eval_seconds = time.time() - start
 
     per_case = folder / "eval" / "metrics_per_case.csv"
@@ -353,8 +358,10 @@ def run_table(
     failures: dict[Cell, str] = {}
     if not collect_only:
         args = (split, class_index, overrides)
+        threads = max(1, (os.cpu_count() or 1) // jobs)  # the cores shared out among the cells side by side
         failures = _run_cells(
-            bundle, cells, todo, out, jobs, args, {"preset": preset, "stamp": cell_stamp}, commit_results
+            bundle, cells, todo, out, jobs, args, {"preset": preset, "stamp": cell_stamp, "threads": threads},
+            commit_results,
         )
     results = finished()
     table = write_results(out, results, list(variants), settings["fractions"], seeds, preset)

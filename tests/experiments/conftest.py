@@ -93,17 +93,17 @@ def fake_bundle(tmp_path: Path) -> Path:
 @pytest.fixture
 def fake_runs(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Stub the subprocess runs of :func:`run_cell`; return the list of calls (``stage``, ``files``, ``seed``,
-    ``folder``, ``cmd``). A cell of the variant ``broken`` fails its training."""
+    ``folder``, ``cmd``, ``threads``). A cell of the variant ``broken`` fails its training."""
     import monai_imbalance.experiments.table as table_module
 
     calls: list[dict] = []
 
-    def fake_run(cmd: list[str], log: Path) -> None:
+    def fake_run(cmd: list[str], log: Path, threads: int | None = None) -> None:
         stage = cmd[4]
         files = ast.literal_eval(cmd[cmd.index("--config_file") + 1])
         folder = Path(cmd[cmd.index("--bundle_root") + 1])
         seed = int(cmd[cmd.index("--seed") + 1])
-        calls.append({"stage": stage, "files": files, "seed": seed, "folder": folder, "cmd": cmd})
+        calls.append({"stage": stage, "files": files, "seed": seed, "folder": folder, "cmd": cmd, "threads": threads})
         variant = next((Path(f).stem for f in files if Path(f).parent.name == "variants"), "vanilla")
         if variant == "broken":
             raise RuntimeError(f"command failed (exit 1), log '{log}':\nboom")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -89,10 +90,13 @@ def test_parallel_cells_failure_and_collect(tmp_path, monkeypatch, capsys):
     """jobs=2 runs every cell once; a failed cell neither stops the others nor the table; --collect trains nothing."""
     import monai_imbalance.experiments.table as table_module
 
-    calls = []
+    calls, threads_seen = [], set()
 
-    def fake_run_cell(bundle, variant, fraction, out, seed, split, class_index, overrides, preset=None, stamp=None):
+    def fake_run_cell(
+        bundle, variant, fraction, out, seed, split, class_index, overrides, preset=None, stamp=None, threads=None
+    ):
         calls.append((variant, fraction))
+        threads_seen.add(threads)
         if variant == "ce" and fraction == 0.5:
             raise RuntimeError("command failed (exit 1), log 'x/train.log':\nboom")
         folder = cell_dir(out, variant, fraction, seed)
@@ -106,6 +110,7 @@ def test_parallel_cells_failure_and_collect(tmp_path, monkeypatch, capsys):
     with pytest.raises(RuntimeError, match=r"1 of 4 cells failed[\s\S]*ce @ 0.5, seed 0: command failed"):
         run_table(BUNDLE, ["vanilla", "ce"], [0.1, 0.5], out, jobs=2)
     assert sorted(calls) == sorted([("vanilla", 0.1), ("ce", 0.1), ("vanilla", 0.5), ("ce", 0.5)])
+    assert threads_seen == {max(1, (os.cpu_count() or 1) // 2)}  # the cores shared out, no oversubscription
     rows = (out / "results.md").read_text().splitlines()
     assert rows[3].startswith("| ce | **60.0** |") and rows[3].split(" | ")[5] == "-"  # ce @ 0.5 missing
     assert "FAILED" in capsys.readouterr().out
@@ -115,3 +120,17 @@ def test_parallel_cells_failure_and_collect(tmp_path, monkeypatch, capsys):
     assert calls == [] and "| vanilla | 40.0 |" in table
     with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
         run_table(BUNDLE, ["vanilla"], [0.1], out, jobs=0)
+
+
+def test_cell_runs_get_their_share_of_the_cores_unless_the_environment_sets_it(tmp_path, monkeypatch):
+    import sys
+
+    from monai_imbalance.experiments.table import _run
+
+    show = [sys.executable, "-c", "import os; print(os.environ.get('OMP_NUM_THREADS'))"]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    _run(show, tmp_path / "a.log", threads=3)
+    assert (tmp_path / "a.log").read_text().strip() == "3"
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    _run(show, tmp_path / "b.log", threads=3)
+    assert (tmp_path / "b.log").read_text().strip() == "5"
