@@ -39,7 +39,8 @@ def test_presets_set_identity_to_one_minus_p_and_spread_the_rest(init, expected)
     for g in ("background", "foreground"):
         for op, p in expected.items():
             q = probs[g][op].double()
-            assert float(q[0]) == pytest.approx(1 - p, abs=1e-6)
+            # a float32 softmax of float32 logits: 2.6e-7 from the exact value here, and CPU-dependent in the last bits
+            assert float(q[0]) == pytest.approx(1 - p, abs=1e-5)
             assert torch.allclose(q[1:], torch.full_like(q[1:], p / (q.numel() - 1)), atol=1e-6)
     # the authors' logit form: identity logit 1, the others log(p e / ((K - 1)(1 - p)))
     logit = AugmentationPolicy(init=2).logits["background"]["scale"].detach()

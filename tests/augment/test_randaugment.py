@@ -54,7 +54,9 @@ def test_probabilities_equal_the_former_config_expressions(num_ops, magnitude, o
     assert list(got) == list(pool.op_names) and set(expected) == set(got)
     for op, p in got.items():
         assert p.dtype == torch.float32 and p.shape == expected[op].shape, op
-        assert torch.allclose(p, expected[op], atol=1e-7, rtol=0), (op, p, expected[op])
+        # float32 on both sides (the former config's log, then exp): near 1, 1e-7 is under two float32 ulps, the size
+        # of the exp / log rounding that differs between CPUs
+        assert torch.allclose(p, expected[op], atol=1e-6, rtol=0), (op, p, expected[op])
         assert float(p.sum()) == pytest.approx(1.0, abs=1e-6)
     # N operations on average: sum over the operations of P(not identity)
     assert sum(1.0 - float(p[0]) for p in got.values()) == pytest.approx(num_ops, abs=1e-5)

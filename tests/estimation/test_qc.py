@@ -29,7 +29,9 @@ def test_features_of_a_cube():
     assert f[0, 0] == pytest.approx(math.log1p(k**3))
     assert f[0, 1] == pytest.approx(float(p[1][inside].mean()))
     ent = -(p * p.log()).sum(0) / math.log(3)
-    assert f[0, 2] == pytest.approx(float(ent[inside].mean()))
+    # the feature comes from float32 probabilities (the logits' dtype), the reference is float64: they differ by 3e-7
+    # relative here, and the last bits of float32 exp / log depend on the CPU
+    assert f[0, 2] == pytest.approx(float(ent[inside].mean()), rel=1e-5)
     assert f[0, 3] == pytest.approx((k**3 - (k - 2) ** 3) / k**3)
     onehot = torch.stack([(z.argmax(0) == c).double() for c in range(3)])
     soft = (2 * (p * onehot).sum((1, 2, 3)) + 1e-5) / (p.sum((1, 2, 3)) + onehot.sum((1, 2, 3)) + 1e-5)

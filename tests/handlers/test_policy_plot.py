@@ -64,11 +64,13 @@ def test_records_every_epoch_the_policies_probabilities(tmp_path):
 
     assert handler.epochs == [1, 2, 3]
     assert list(handler.training) == ["background", "foreground"] and list(handler.training["foreground"]) == OPS
-    np.testing.assert_allclose(handler.training["foreground"]["gamma"], expected_gamma, rtol=1e-6)
-    np.testing.assert_allclose(handler.training["background"]["scale"], expected_scale, rtol=1e-6)
-    np.testing.assert_allclose([handler.test_time[n] for n in tea.pool.names], np.transpose(expected_tea), rtol=1e-6)
+    # the handler records the policies' float32 softmax, the references are float64: up to 2.6e-7 relative apart here
+    # (1 - p amplifies), CPU-dependent in the last bits; one epoch's drift changes each probability by 6 % or more
+    np.testing.assert_allclose(handler.training["foreground"]["gamma"], expected_gamma, rtol=1e-5)
+    np.testing.assert_allclose(handler.training["background"]["scale"], expected_scale, rtol=1e-5)
+    np.testing.assert_allclose([handler.test_time[n] for n in tea.pool.names], np.transpose(expected_tea), rtol=1e-5)
     applied = handler.applied()
-    np.testing.assert_allclose(applied["background"]["scale"], [1 - p[0] for p in expected_scale], rtol=1e-6)
+    np.testing.assert_allclose(applied["background"]["scale"], [1 - p[0] for p in expected_scale], rtol=1e-5)
     assert handler.top_test_time().keys() == {"identity", "mirror_x", "mirror_y"}
     assert next(iter(handler.top_test_time())) == "mirror_y"  # the most probable at the last epoch first
 
