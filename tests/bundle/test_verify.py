@@ -12,6 +12,8 @@ import pytest
 from monai_imbalance.bundle import SCHEMA_PATH, VerificationError, check_configs, check_metadata, verify_bundle
 from monai_imbalance.bundle.__main__ import main
 
+pytestmark = pytest.mark.slow  # every shipped bundle
+
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "asymmetric_segmentation"
 
 

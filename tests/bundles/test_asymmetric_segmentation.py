@@ -21,6 +21,8 @@ import torch
 
 from monai_imbalance.data import make_phantom_dataset
 
+pytestmark = pytest.mark.slow  # bundle configs end to end
+
 
 def _epoch(checkpoint: dict) -> int:
     """The trainer's epoch in a checkpoint (ignite saves the iteration and the epoch length)."""

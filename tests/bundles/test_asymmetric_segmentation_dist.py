@@ -13,6 +13,8 @@ import torch
 
 from monai_imbalance.data import make_phantom_dataset
 
+pytestmark = pytest.mark.slow  # torchrun, 2 processes
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):

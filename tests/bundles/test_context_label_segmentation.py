@@ -20,6 +20,8 @@ from monai_imbalance.data import make_phantom_dataset
 from monai_imbalance.engines import RegularisedSupervisedTrainer
 from monai_imbalance.transforms import DilatedRingContextLabelsd, KMeansContextLabelsd
 
+pytestmark = pytest.mark.slow  # bundle configs end to end
+
 CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "context_label_segmentation" / "configs"
 VARIANTS = sorted(p.stem for p in (CONFIGS / "variants").glob("*.json"))
 

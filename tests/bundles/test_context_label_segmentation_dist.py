@@ -9,9 +9,12 @@ at start, hypergradients averaged over the ranks before every meta step).
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from monai_imbalance.data import make_phantom_dataset
+
+pytestmark = pytest.mark.slow  # torchrun, 2 processes
 
 
 def test_two_ranks_train_colab_and_agree(tmp_path, bundle_harness):

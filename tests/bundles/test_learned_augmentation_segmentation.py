@@ -36,6 +36,8 @@ from monai_imbalance.engines import AugmentationPolicyLearner, RegularisedSuperv
 from monai_imbalance.handlers import PolicyPlotHandler
 from monai_imbalance.transforms import PolicyAugmentd
 
+pytestmark = pytest.mark.slow  # bundle configs end to end
+
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "learned_augmentation_segmentation"
 CONFIGS = BUNDLE / "configs"
 VARIANTS = sorted(p.stem for p in (CONFIGS / "variants").glob("*.json"))

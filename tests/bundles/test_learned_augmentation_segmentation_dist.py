@@ -27,6 +27,8 @@ import torch
 from monai_imbalance.augment import AugmentationPolicy, TestTimePolicy, save_policy
 from monai_imbalance.data import make_phantom_dataset
 
+pytestmark = pytest.mark.slow  # torchrun, 2 processes
+
 CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "learned_augmentation_segmentation" / "configs"
 DUMP = (
     "$torch.save({"

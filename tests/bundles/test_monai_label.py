@@ -41,6 +41,8 @@ from monai.bundle import ConfigWorkflow
 from monai_imbalance.augment import TestTimeTransformPool, load_policy
 from monai_imbalance.data import make_phantom_dataset
 
+pytestmark = pytest.mark.slow  # bundle configs end to end
+
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 SEGMENTATION_BUNDLES = [
     "asymmetric_segmentation",

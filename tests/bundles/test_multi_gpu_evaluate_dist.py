@@ -17,6 +17,8 @@ import pytest
 
 from monai_imbalance.data import make_phantom_dataset
 
+pytestmark = pytest.mark.slow  # torchrun, 2 processes
+
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 EVALUATING = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "multi_gpu_evaluate.json").is_file())
 METRICS = ("dice", "sensitivity", "precision", "hd95")

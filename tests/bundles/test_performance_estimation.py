@@ -15,6 +15,8 @@ import torch
 from monai_imbalance.data import make_phantom_dataset
 from monai_imbalance.estimation import ESTIMATOR_SPECS, load_estimators, prediction_dice, read_estimator_file
 
+pytestmark = pytest.mark.slow  # bundle configs end to end
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):

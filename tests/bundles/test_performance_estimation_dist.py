@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from monai_imbalance.data import make_phantom_dataset
+
+pytestmark = pytest.mark.slow  # torchrun, 2 processes
 
 
 def test_two_ranks_train_and_agree(tmp_path, bundle_harness):

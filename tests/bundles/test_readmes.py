@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # bundle configs end to end
+
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 NAMES = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir())
 SECTIONS = ("Model overview", "Data", "Training", "Performance", "System configuration", "Limitations", "Citation")

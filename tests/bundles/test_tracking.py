@@ -15,6 +15,8 @@ import pytest
 
 from monai_imbalance.data import make_phantom_dataset
 
+pytestmark = pytest.mark.slow  # bundle configs end to end
+
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 TRAINING_BUNDLES = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "train.json").is_file())
 

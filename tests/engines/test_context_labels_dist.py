@@ -14,7 +14,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # torchrun, 2 processes
 
 WORKER = textwrap.dedent(
     """

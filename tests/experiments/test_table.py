@@ -52,6 +52,7 @@ def test_misspelt_variant_fails_before_any_training(tmp_path):
     assert not (tmp_path / "cells").exists()
 
 
+@pytest.mark.slow  # a real training and evaluation
 def test_table_end_to_end_and_resume(tmp_path, capsys):
     data = make_phantom_dataset(tmp_path / "data", num_training=4, num_validation=1, num_test=2, seed=3)
     out = tmp_path / "table"

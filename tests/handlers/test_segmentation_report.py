@@ -288,6 +288,7 @@ def _same_rows(got: list[dict], expected: list[dict]) -> bool:
     )
 
 
+@pytest.mark.slow  # torchrun, 2 processes
 def test_distributed_evaluation_gathers_every_case_once(two_ranks, tmp_path):
     # the single-process reference: same data, same handler, one evaluator over all three cases
     single = SegmentationReport(LABELS, output_dir=tmp_path)
