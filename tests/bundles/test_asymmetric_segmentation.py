@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_imbalance.data import make_phantom_dataset
+from monai_imbalance.data import DataValidationError, load_evaluation_datalist, make_phantom_dataset
 
 pytestmark = pytest.mark.slow  # bundle configs end to end
 
@@ -147,3 +147,39 @@ def test_killed_mid_epoch_then_resumed(dataset, tmp_path, bundle):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Restored all variables" in out.stdout + out.stderr
     assert _epoch(torch.load(latest, weights_only=True)) == saved_epoch + 1
+
+
+def test_classes_view_trains_and_evaluates_on_one_class_of_a_three_class_dataset(tmp_path, bundle):
+    """``classes: ["class_2"]`` on a 3-class dataset: a 2-output network, class_1 folded into the background, and the
+    evaluation scores the view's class against the mapped reference (as the brain_lesion binary lesion view)."""
+    data = make_phantom_dataset(tmp_path / "data", num_training=3, num_validation=1, num_classes=3, seed=4)
+    root = tmp_path / "bundle"
+    wf = bundle.run(["train.json"], data, root, epochs=1, classes=["class_2"])
+    assert wf.parser.get_parsed_content("labels") == {0: "background", 1: "class_2"}
+    assert wf.parser.get_parsed_content("network_def").output_block.conv.conv.out_channels == 2
+    batch = next(iter(wf.parser.get_parsed_content("validate#dataloader")))
+    reference = nib.load(wf.parser.get_parsed_content("validate#datalist")[0]["label"]).get_fdata()
+    assert {0, 1, 2} <= set(np.unique(reference))  # the dataset has both foreground classes ...
+    assert set(torch.unique(batch["label"]).tolist()) == {0, 1}  # ... the view one, class_2 only
+    assert int((batch["label"] == 1).sum()) == int((reference == 2).sum())  # same grid here (2 mm phantoms)
+    bundle.run(["train.json", "evaluate.json"], data, root, classes=["class_2"])
+    rows = bundle.read_csv(root / "eval" / "metrics_per_case.csv")
+    assert {r["class"] for r in rows} == {"class_2"} and {r["class_index"] for r in rows} == {"1"}
+    labels = {
+        Path(e["label"]).name.split(".")[0]: e["label"] for e in load_evaluation_datalist(data, ["test", "external"])
+    }
+    for r in rows:  # the reference of the view's class 1 is the dataset's class 2, on the label's own grid
+        assert float(r["n_label"]) == float((nib.load(labels[r["case"]]).get_fdata() == 2).sum()) > 0
+
+
+def test_unknown_class_in_the_view_is_named(tmp_path, bundle):
+    data = make_phantom_dataset(tmp_path / "data", num_training=2, num_validation=1, seed=5)
+    with pytest.raises(Exception) as info:
+        bundle.run(["train.json"], data, tmp_path / "bundle", epochs=1, classes=["tumour"])
+    causes, e = [], info.value
+    while e is not None:
+        causes.append(e)
+        e = e.__cause__
+    assert any(
+        isinstance(c, DataValidationError) and "'tumour' is not a class of the dataset" in str(c) for c in causes
+    )
