@@ -2,8 +2,8 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Learned class-specific training-time and test-time augmentation (JCSAugment).
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md section 3):
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (JCSAugment), method section:
 
 - :class:`TrainingTransformPool` (:data:`TRAINING_OPS`): the 15 training-time operations and their 62 magnitude
   bins, drawn in ranges and applied in the authors' order, on MONAI array transforms (elementary ops in

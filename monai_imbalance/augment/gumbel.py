@@ -2,9 +2,9 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Straight-through Gumbel sampling of categorical policies, and its per-bin normalised gradient.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md 3.2, 3.4, 3.5; the authors' ``sampler_gambels*.py``). For logits ``alpha``
-of one categorical and temperature ``tau``::
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (method section: the policies and their meta-gradients; the authors'
+``sampler_gambels*.py``). For logits ``alpha`` of one categorical and temperature ``tau``::
 
     y   = softmax((alpha + G) / tau),  G ~ Gumbel(0, 1)       # the soft sample
     k   = argmax(y)                                           # the chosen bin, distributed as softmax(alpha)
@@ -18,7 +18,7 @@ of one categorical and temperature ``tau``::
   ``T = logsumexp(alpha) + Gumbel`` goes to ``k``, every other perturbed logit is a Gumbel truncated below ``T``.
   The authors draw the same distribution by rejection (redraw until the argmax is ``k``), which can take many tries
   for an improbable bin. The noise is then held fixed (detached), so the gradient is the formula above.
-- :func:`per_bin_coefficients`: the coefficients of the authors' update (methods.md 3.4, 3.5): with ``g_b`` the
+- :func:`per_bin_coefficients`: the coefficients of the authors' update of both policies: with ``g_b`` the
   gradient of the meta loss with respect to sample ``b``'s weight, ``g_b <- g_b - mean_{b' in group(b)} g_b'`` (a
   baseline per class group) and ``c_bo = g_b / n_{g(b), o, k_bo}`` with ``n`` the number of samples of that group
   that chose the same bin of operation ``o``; the logits' gradient is then

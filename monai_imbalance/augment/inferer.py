@@ -2,9 +2,10 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Learned test-time augmentation: the top-K test-time transforms, each predicted and mapped back, averaged.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md 3.7; the authors' ``tta_rolling``). With transforms ``T_k`` and weights
-``pi_k`` (the learned probabilities of the top ``K`` transforms, renormalised)::
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (method section: inference with learned test-time augmentation; the authors'
+``tta_rolling``). With transforms ``T_k`` and weights ``pi_k`` (the learned probabilities of the top ``K`` transforms,
+renormalised)::
 
     logits = sum_k pi_k T_k^{-1}( f(T_k(x)) ) / sum_k pi_k c_k
 
@@ -38,6 +39,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils import convert_to_dst_type
 
+from ..utils import plain_tensor
 from .io import load_policy, policy_paths
 from .test_time import TestTimePolicy
 from .test_time_pool import NNUNET_MIRRORING, TestTimeTransformPool
@@ -212,7 +214,7 @@ class LearnedTTAInferer(Inferer):
                 (first call) that :meth:`load` refuses.
         """
         pool = self.load().pool
-        x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else torch.as_tensor(inputs)
+        x = plain_tensor(inputs)
         if x.ndim != 5:
             raise ValueError(f"inputs must be (B, C, X, Y, Z), got shape {tuple(x.shape)}.")
         spatial = tuple(x.shape[2:])
@@ -229,7 +231,7 @@ class LearnedTTAInferer(Inferer):
                 raise ValueError(
                     f"the wrapped inferer returned {type(out).__name__}; LearnedTTAInferer needs one logits tensor."
                 )
-            out = out.as_tensor() if isinstance(out, MetaTensor) else out
+            out = plain_tensor(out)
             out_dtype = out.dtype
             if t.spatial:
                 out = self._per_sample(out, lambda s, i=idx: pool.inverse(s, i))

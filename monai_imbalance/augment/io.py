@@ -2,10 +2,10 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Saving and loading learned augmentation policies: a state dict plus a readable JSON description.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md 3.2, 3.5). MONAI 1.6 loads checkpoints with ``weights_only=True``, so a
-policy file holds only tensors and primitives: ``<name>.pt`` is the module's state dict (logits, and the pool /
-group identity as extra state) and ``<name>.json`` describes it for people and for checks:
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (JCSAugment). MONAI 1.6 loads checkpoints with ``weights_only=True``, so a policy file
+holds only tensors and primitives: ``<name>.pt`` is the module's state dict (logits, and the pool / group identity as
+extra state) and ``<name>.json`` describes it for people and for checks:
 
 .. code-block:: json
 

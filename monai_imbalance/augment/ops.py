@@ -2,11 +2,11 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """The elementary deterministic operations of the JCSAugment transformation pool, on MONAI array transforms.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md 3.1). Each function takes concrete parameter values (no randomness except
-the noise realisation, which is fixed by a seed) and one image ``(C, *spatial)`` with three spatial dimensions, and
-returns a new plain ``torch.Tensor`` of the same dtype (MONAI transforms would wrap a plain tensor into a
-``MetaTensor``; the callers keep the metadata themselves). The training-time pool
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (method section: the transformation pool). Each function takes concrete parameter values
+(no randomness except the noise realisation, which is fixed by a seed) and one image ``(C, *spatial)`` with three
+spatial dimensions, and returns a new plain ``torch.Tensor`` of the same dtype (MONAI transforms would wrap a plain
+tensor into a ``MetaTensor``; the callers keep the metadata themselves). The training-time pool
 (:mod:`~monai_imbalance.augment.training_pool`) draws the values from the magnitude bins; the test-time pool
 (:mod:`~monai_imbalance.augment.test_time_pool`) uses fixed signed values and the inverse operations here.
 
@@ -30,9 +30,9 @@ Which MONAI transform does what:
 - :func:`simulate_low_resolution`: ``RandSimulateLowResolution(prob=1, zoom_range=(z, z))``, down-sampling linear,
   up-sampling nearest (the authors' orders 1 and 0).
 
-Statistics: the authors compute the min / max / mean / std of gamma and contrast on a 4x-subsampled whole image
-(methods.md 3.1). A loader worker only sees the patch after cropping, so at training time they are the patch's own
-(as in nnU-Net and MONAI's ``retain_stats``); at test time the transforms are applied to the whole image, so there
+Statistics: the authors compute the min / max / mean / std of gamma and contrast on a 4x-subsampled whole image (their
+``augmentImagerng.py``). A loader worker only sees the patch after cropping, so at training time they are the patch's
+own (as in nnU-Net and MONAI's ``retain_stats``); at test time the transforms are applied to the whole image, so there
 the statistics are the whole image's.
 """
 
@@ -56,6 +56,8 @@ from monai.transforms import (
     ShiftIntensity,
 )
 from monai.transforms.utils import create_rotate, create_scale
+
+from monai_imbalance.utils import plain_tensor
 
 __all__ = [
     "SPATIAL_DIMS",
@@ -84,18 +86,13 @@ def check_image(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     Raises:
         ValueError: not a 4D tensor / array.
     """
-    t = torch.as_tensor(image)
+    t = plain_tensor(image)
     if t.ndim != SPATIAL_DIMS + 1:
         raise ValueError(
             f"{name} must be (C, X, Y, Z) with three spatial dimensions, got shape {tuple(t.shape)} "
             "(the JCSAugment pool is 3D)."
         )
-    return t.as_tensor() if hasattr(t, "as_tensor") else t
-
-
-def _plain(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    t = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-    return t if dtype is None or t.dtype == dtype else t.to(dtype)
+    return t
 
 
 def zoom_rotation_matrix(rotate_degrees: Sequence[float] = (0.0, 0.0, 0.0), zoom: float = 1.0) -> torch.Tensor:
@@ -152,24 +149,24 @@ def affine_resample(
         padding_mode=padding_mode,
         image_only=True,
     )(img)
-    return _plain(out, img.dtype)
+    return plain_tensor(out, img.dtype)
 
 
 def flip_axes(image: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
     """``monai.transforms.Flip`` over the given spatial axes (0, 1, 2); its own inverse."""
     img = check_image(image)
-    return _plain(Flip(spatial_axis=[int(a) for a in axes])(img), img.dtype)
+    return plain_tensor(Flip(spatial_axis=[int(a) for a in axes])(img), img.dtype)
 
 
 def rotate90(image: torch.Tensor, k: int, plane: tuple[int, int]) -> torch.Tensor:
     """``monai.transforms.Rotate90``: ``k`` quarter turns in the plane of two spatial axes; inverse ``4 - k``."""
     img = check_image(image)
-    return _plain(Rotate90(k=int(k) % 4, spatial_axes=(int(plane[0]), int(plane[1])))(img), img.dtype)
+    return plain_tensor(Rotate90(k=int(k) % 4, spatial_axes=(int(plane[0]), int(plane[1])))(img), img.dtype)
 
 
 def _per_channel(image: torch.Tensor, fn) -> torch.Tensor:
     img = check_image(image)
-    return torch.stack([_plain(fn(c[None]))[0] for c in img]).to(img.dtype)
+    return torch.stack([plain_tensor(fn(c[None]))[0] for c in img]).to(img.dtype)
 
 
 def gamma_correction(image: torch.Tensor, gamma: float, invert: bool = False) -> torch.Tensor:
@@ -190,30 +187,30 @@ def gamma_correction(image: torch.Tensor, gamma: float, invert: bool = False) ->
 def brightness_add(image: torch.Tensor, offset: float) -> torch.Tensor:
     """``x + offset`` (``ShiftIntensity``)."""
     img = check_image(image)
-    return _plain(ShiftIntensity(offset=float(offset))(img), img.dtype)
+    return plain_tensor(ShiftIntensity(offset=float(offset))(img), img.dtype)
 
 
 def brightness_multiply(image: torch.Tensor, factor: float) -> torch.Tensor:
     """``x * factor`` (``ScaleIntensity(minv=None, maxv=None, factor=factor - 1)``)."""
     img = check_image(image)
-    return _plain(ScaleIntensity(minv=None, maxv=None, factor=float(factor) - 1.0)(img), img.dtype)
+    return plain_tensor(ScaleIntensity(minv=None, maxv=None, factor=float(factor) - 1.0)(img), img.dtype)
 
 
 def contrast_adjust(image: torch.Tensor, factor: float) -> torch.Tensor:
     """``(x - mean) * factor + mean`` clipped to ``[min, max]``, per channel (``ScaleIntensityFixedMean``)."""
     t = ScaleIntensityFixedMean(factor=float(factor) - 1.0, preserve_range=True, fixed_mean=True, channel_wise=True)
     img = check_image(image)
-    return _plain(t(img), img.dtype)
+    return plain_tensor(t(img), img.dtype)
 
 
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian smoothing with standard deviation ``sigma`` voxels (``GaussianSmooth``)."""
     img = check_image(image)
-    return _plain(GaussianSmooth(sigma=float(sigma))(img), img.dtype)
+    return plain_tensor(GaussianSmooth(sigma=float(sigma))(img), img.dtype)
 
 
 def laplacian_sharpen(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``x - LoG_sigma(x)`` clipped to each channel's ``[min, max]``: the authors' sharpening (methods.md 3.1).
+    """``x - LoG_sigma(x)`` clipped to each channel's ``[min, max]``: the authors' sharpening (JCSAugment's pool).
 
     A smaller ``sigma`` sharpens finer detail more strongly; the Laplacian of Gaussian is
     ``scipy.ndimage.gaussian_laplace``.
@@ -234,7 +231,7 @@ def gaussian_noise(image: torch.Tensor, std: float, seed: int) -> torch.Tensor:
     img = check_image(image)
     t = RandGaussianNoise(prob=1.0, mean=0.0, std=float(std), sample_std=False)
     t.set_random_state(seed=int(seed) % (2**32))
-    return _plain(t(img), img.dtype)
+    return plain_tensor(t(img), img.dtype)
 
 
 def simulate_low_resolution(image: torch.Tensor, zoom: float) -> torch.Tensor:
@@ -251,4 +248,4 @@ def simulate_low_resolution(image: torch.Tensor, zoom: float) -> torch.Tensor:
     t = RandSimulateLowResolution(
         prob=1.0, downsample_mode="trilinear", upsample_mode="nearest", zoom_range=(float(zoom), float(zoom))
     )
-    return _plain(t(img), img.dtype)
+    return plain_tensor(t(img), img.dtype)

@@ -2,17 +2,17 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """The training-time augmentation policy: one categorical per operation, one policy per class group.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md 3.2-3.3; the authors' ``SampleNet_compose``). For each class group ``G``
-and operation ``o`` of the pool (:class:`~monai_imbalance.augment.TrainingTransformPool`: 15 operations, 62 bins)
-the policy holds logits ``alpha^G_o`` (bin 0 = identity), ``P^G_o = softmax(alpha^G_o)``. A patch of group ``G``
-gets one bin ``k_o`` per operation and the straight-through weight ``w_b = prod_o ST_o[k_bo]`` (value 1, gradient
-to the logits; :mod:`~monai_imbalance.augment.gumbel`), which multiplies the patch's training loss in the meta step.
-
-Class groups (methods.md 3.3): each training patch is centred on a voxel drawn from the background (class 0) or a
-foreground class, and augmented with the policy of its centre class's group. The default groups are
-``{"background": [0], "foreground": None}`` (``None``: every class not listed elsewhere);
-``{"all": None}`` is the class-agnostic policy, and finer groups (one per class) are possible.
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (method section: the class-specific training-time policy; the authors'
+``SampleNet_compose``). For each class group ``G`` and operation ``o`` of the pool
+(:class:`~monai_imbalance.augment.TrainingTransformPool`: 15 operations, 62 bins) the policy holds logits ``alpha^G_o``
+(bin 0 = identity), ``P^G_o = softmax(alpha^G_o)``. A patch of group ``G`` gets one bin ``k_o`` per operation and the
+straight-through weight ``w_b = prod_o ST_o[k_bo]`` (value 1, gradient to the logits;
+:mod:`~monai_imbalance.augment.gumbel`), which multiplies the patch's training loss in the meta step. Class groups
+(JCSAugment's class-specific TRA): each training patch is centred on a voxel drawn from the background (class 0) or a
+foreground class, and augmented with the policy of its centre class's group. The default groups are ``{"background":
+[0], "foreground": None}`` (``None``: every class not listed elsewhere); ``{"all": None}`` is the class-agnostic policy,
+and finer groups (one per class) are possible.
 
 Initialisations (``init``, the authors' ``--org``): ``0`` uniform logits; ``1`` identity logit 1, the others
 ``log(e / (K - 1))`` (``P(identity) = 0.5``); ``>= 2`` identity logit 1, the others ``log(p e / ((K - 1)(1 - p)))``
@@ -34,7 +34,8 @@ process :meth:`AugmentationPolicy.weights` recomputes the weights differentiably
 Gumbel noise re-drawn conditioned on them (as the authors do: "meta-gradients use a re-drawn Gumbel sample
 conditioned on the stored argmax"). :meth:`AugmentationPolicy.sample` draws fresh bins and weights in the main
 process. :meth:`AugmentationPolicy.accumulate_hypergradient` turns the meta-gradients of the weights into the
-logits' gradient with the per-group baseline and per-bin normalisation of methods.md 3.4.
+logits' gradient with the authors' per-group baseline and per-bin normalisation
+(:func:`~monai_imbalance.augment.gumbel.per_bin_coefficients`).
 
 Saving: the state dict holds the logits and, as extra state, the pool's identity and the groups, so loading a
 checkpoint of another pool or another grouping raises a ``ValueError`` naming the difference (also through
@@ -69,7 +70,7 @@ __all__ = [
     "check_identity",
 ]
 
-#: Background-centred vs foreground-centred patches (methods.md 3.3).
+#: Background-centred vs foreground-centred patches (JCSAugment's class groups).
 DEFAULT_GROUPS: dict[str, tuple[int, ...] | None] = {"background": (0,), "foreground": None}
 
 
@@ -397,7 +398,7 @@ class AugmentationPolicy(nn.Module):
     def accumulate_hypergradient(
         self, weights: PolicyWeights, grad_w: torch.Tensor, baseline: bool = True, normalize: bool = True
     ) -> None:
-        """Add the meta-gradient of the weights to the logits' ``.grad`` (methods.md 3.4).
+        """Add the meta-gradient of the weights to the logits' ``.grad`` (JCSAugment's TRA meta-gradient).
 
         ``g_b <- g_b - mean_{b' in group(b)} g_b'`` (``baseline``), then
         ``grad alpha^G_o += sum_{b in G} g_b / n^G_{o, k_bo} * d ST_o[k_bo] / d alpha^G_o`` (``normalize``; ``n``:

@@ -2,10 +2,10 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """How the current training-time policy reaches the data loader's worker processes: a shared-memory probability table.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md 3.2-3.4). The policy changes every meta step, while the patches are
-augmented in ``DataLoader`` worker processes that live across iterations (and, with ``persistent_workers=True``,
-across epochs). The mechanism:
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (JCSAugment). The policy changes every meta step, while the patches are augmented in
+``DataLoader`` worker processes that live across iterations (and, with ``persistent_workers=True``, across epochs). The
+mechanism:
 
 1. The trainer builds ``shared = SharedPolicyProbabilities(policy)`` **before** the ``DataLoader`` starts its
    workers and gives it to :class:`~monai_imbalance.transforms.PolicyAugmentd`. It holds a ``(G, sum_o K_o)``

@@ -2,14 +2,14 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """The test-time augmentation policy: one straight-through Gumbel categorical over signed test-time transforms.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md 3.5, 3.7; the authors' ``SampleNet(84, orgts)``). Logits ``beta`` over the
-transforms of a :class:`~monai_imbalance.augment.TestTimeTransformPool` (84 by default), ``P = softmax(beta)``.
-The TEA step draws ``Z`` transforms ``t_z`` with straight-through weights ``w_z`` (:meth:`TestTimePolicy.sample`),
-weights the Dice losses of the inverse-transformed predictions by ``w_z / sum w`` and sends
-``g_z = d L / d w_z`` back with a baseline and per-transform normalisation
-(:meth:`TestTimePolicy.accumulate_hypergradient`, methods.md 3.5). At inference the top-``K`` transforms by
-probability are averaged (:class:`~monai_imbalance.augment.LearnedTTAInferer`).
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (method section: test-time augmentation; the authors' ``SampleNet(84, orgts)``). Logits
+``beta`` over the transforms of a :class:`~monai_imbalance.augment.TestTimeTransformPool` (84 by default), ``P =
+softmax(beta)``. The TEA step draws ``Z`` transforms ``t_z`` with straight-through weights ``w_z``
+(:meth:`TestTimePolicy.sample`), weights the Dice losses of the inverse-transformed predictions by ``w_z / sum w`` and
+sends ``g_z = d L / d w_z`` back with a baseline and per-transform normalisation
+(:meth:`TestTimePolicy.accumulate_hypergradient`). At inference the top-``K`` transforms by probability are averaged
+(:class:`~monai_imbalance.augment.LearnedTTAInferer`).
 
 Initialisations (``init``, the authors' ``--orgts``): ``0`` uniform; ``2`` (``"nnunet"``, the default) 0.1 on each
 of nnU-Net's eight mirrorings, the remaining 0.2 spread evenly over the other transforms; ``4``
@@ -124,7 +124,7 @@ class TestTimePolicy(nn.Module):
         return torch.softmax(self.logits.detach(), -1)
 
     def top_k(self, k: int) -> tuple[list[int], torch.Tensor]:
-        """The ``k`` most probable transforms and their probabilities renormalised to sum 1 (methods.md 3.7).
+        """The ``k`` most probable transforms and their probabilities renormalised to sum 1 (the learned TTA).
 
         Returns:
             ``(indices, weights)``: indices in decreasing probability, weights ``(k,)``.
@@ -164,7 +164,7 @@ class TestTimePolicy(nn.Module):
     def accumulate_hypergradient(
         self, weights: PolicyWeights, grad_w: torch.Tensor, baseline: bool = True, normalize: bool = True
     ) -> None:
-        """Add ``sum_z (g_z - mean g) / n_{t_z} * d w_z / d beta`` to ``logits.grad`` (methods.md 3.5).
+        """Add ``sum_z (g_z - mean g) / n_{t_z} * d w_z / d beta`` to ``logits.grad`` (the authors' TEA update).
 
         Raises:
             ValueError: shape mismatch or non-finite ``grad_w``.

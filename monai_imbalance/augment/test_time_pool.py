@@ -2,10 +2,10 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """The test-time (TEA) transformation pool of JCSAugment: 84 signed transforms with fixed values, each invertible.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md 3.5, 3.7). The test-time policy is one categorical over these transforms;
-the learned-TTA inferer applies the most probable ones to the whole image, predicts, and maps the logits back with
-the inverse transform. Indices (the authors' layout, methods.md 3.5):
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (method section: test-time augmentation). The test-time policy is one categorical over
+these transforms; the learned-TTA inferer applies the most probable ones to the whole image, predicts, and maps the
+logits back with the inverse transform. Indices (the authors' layout, ``SampleNet(84, orgts)``):
 
 ====== ==============================================================================================
 index  transform
@@ -33,7 +33,7 @@ Inverses, applied to the network's logits ``(K, *spatial)``:
   image size, so content zoomed or rotated out of the field of view is lost and padded with zeros: the inverse maps
   back the rest. :meth:`TestTimeTransformPool.coverage` is the fraction of each voxel that came from inside the
   image (the inverse of the forward of an image of ones); the inferer weights each transform's logits by it so that
-  padded voxels do not count, and the authors' TEA loss masks them for the same reason (methods.md 3.5);
+  padded voxels do not count, and the authors' TEA loss masks them for the same reason;
 - intensity transforms (gamma, brightness, contrast, blur, sharpen, noise, low resolution): none (identity), the
   prediction is already on the input grid.
 

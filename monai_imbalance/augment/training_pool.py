@@ -2,10 +2,11 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """The training-time (TRA) transformation pool of JCSAugment: 15 operations, 62 magnitude bins.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md 3.1-3.2; the authors' ``sampler_gambels.py::SampleNet_compose`` and
-``augmentSamplerng.py``). Every operation is one categorical of the policy; bin 0 is the identity, each other bin a
-magnitude ``m``. At training time the actual value is drawn in a *range* around ``m`` with a random sign:
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (method section: the transformation pool; the authors'
+``sampler_gambels.py::SampleNet_compose`` and ``augmentSamplerng.py``). Every operation is one categorical of the
+policy; bin 0 is the identity, each other bin a magnitude ``m``. At training time the actual value is drawn in a *range*
+around ``m`` with a random sign:
 
 ======================  =====================================  =========================================
 operation               bins (``m``)                           value drawn for bin ``m``
@@ -28,11 +29,11 @@ Axes: ``x, y, z`` are the spatial axes 0, 1, 2 of a ``(C, X, Y, Z)`` patch; ``ro
 rotations rotS / rotF / rotL about the left-right / anterior-posterior / superior-inferior axes are
 ``rotate_x / y / z`` (the DeepMedic preset, which treats the sagittal mirror differently, relies on this).
 
-The composite is applied in the authors' order (methods.md 3.1): affine (rotations, 90-degree rotations and zoom as
-**one** resampling of an enlarged crop, ``monai.transforms.Affine``) -> noise -> blur / sharpen -> brightness add ->
-brightness multiply -> contrast -> low resolution -> inverse gamma -> gamma -> flips. Labels get the affine (nearest)
-and the flips only. The 90-degree rotations are folded into the affine, so a patch keeps its shape even when the
-rotated plane is not square (the authors rotate the enlarged crop with ``np.rot90``).
+The composite is applied in the authors' order: affine (rotations, 90-degree rotations and zoom as **one** resampling of
+an enlarged crop, ``monai.transforms.Affine``) -> noise -> blur / sharpen -> brightness add -> brightness multiply ->
+contrast -> low resolution -> inverse gamma -> gamma -> flips. Labels get the affine (nearest) and the flips only. The
+90-degree rotations are folded into the affine, so a patch keeps its shape even when the rotated plane is not square
+(the authors rotate the enlarged crop with ``np.rot90``).
 
 A pool is identified by its operation names and bin labels (:meth:`TrainingTransformPool.describe`); a policy file
 records it, and loading a policy for another pool fails with a message naming the difference. A subset of the
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils import index_by_name
+from ..utils import index_by_name, plain_tensor
 from .ops import (
     affine_resample,
     brightness_add,
@@ -223,7 +224,7 @@ class TrainingTransformPool:
     def sample_values(
         self, bins: Sequence[int] | np.ndarray | torch.Tensor, rng: np.random.RandomState | int | None = None
     ) -> dict[str, Any]:
-        """Draw the concrete values of the chosen bins (the random ranges of methods.md 3.1).
+        """Draw the concrete values of the chosen bins (the authors' random ranges per bin).
 
         Args:
             bins: one bin per operation, ``(O,)``.
@@ -293,7 +294,7 @@ class TrainingTransformPool:
             from monai.transforms import ResizeWithPadOrCrop
 
             x = ResizeWithPadOrCrop(size)(x)  # centre crop (zero padding where the input is smaller)
-            x = x.as_tensor() if hasattr(x, "as_tensor") else x
+            x = plain_tensor(x)
         return x
 
     def apply_image(

@@ -3,7 +3,7 @@
 """Simulated domain shifts at five severities: noise, blur, contrast, gamma, bias field, resolution.
 
 The performance-estimation protocol of Li, Kamnitsas, Islam, Chen, Glocker, "Estimating model performance under
-domain shifts with class-specific confidence scores", MICCAI 2022 (methods.md 4.1) fits the estimators on a
+domain shifts with class-specific confidence scores", MICCAI 2022 fits the estimators on a
 labelled source-domain validation set and scores them on unlabelled target conditions, the synthetic ones being
 *corruption type x severity 1-5* (as CIFAR-10-C, Hendrycks & Dietterich, ICLR 2019). This module provides such
 corruptions for channel-first 2D and 3D medical images, built on MONAI transforms, with the parameters of each

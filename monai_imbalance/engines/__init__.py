@@ -2,29 +2,28 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Engines: a ``SupervisedTrainer`` with extra regularisation steps, and the steps' building blocks.
 
-Li, Kamnitsas, Glocker, "Analyzing overfitting under class imbalance in neural networks for image segmentation",
-IEEE TMI 2021 (methods.md 1.4, 1.5, 1.8):
-
-- :func:`adversarial_perturbation`: perturbation of L2 norm ``eps`` per sample, directed by the loss on rare-class
-  voxels (all voxels when symmetric).
-- :func:`mixup_labels`: mixed one-hot target and loss mask by the rare-label rule (soft labels when symmetric);
-  :func:`sample_mixup_lambda`, :func:`mixup_images`, :func:`mixup_batch` mix with the partner ``x.flip(0)``.
+- :func:`adversarial_perturbation`, :func:`mixup_labels` (and :func:`sample_mixup_lambda`, :func:`mixup_images`,
+  :func:`mixup_batch`): asymmetric adversarial training and asymmetric mixup (Li, Kamnitsas, Glocker, "Analyzing
+  overfitting under class imbalance in neural networks for image segmentation", IEEE TMI 2021, method section).
 - :class:`RegularisedSupervisedTrainer`: the normal step, then optional adversarial and mixup steps, each on the
-  augmented or the raw batch, configured from JSON; with ``context_labels`` (:class:`ContextLabelLearner`), CoLab's
-  context targets and the generator's meta step every ``meta_interval`` iterations (Li et al., IEEE TMI 2023,
-  methods.md 2.2-2.5), or the baselines' fixed context maps.
+  augmented or the raw batch; with ``context_labels`` (:class:`ContextLabelLearner`), CoLab's context targets and
+  the generator's meta step (Li et al., "Context label learning: improving background class representations in
+  semantic segmentation", IEEE TMI 2023, method section), or the baselines' fixed context maps; with
+  ``augmentation_policy`` (:class:`AugmentationPolicyLearner`), learned augmentation: the TRA meta step, the TEA step
+  and their joint schedule (Li et al., "Joint optimization of class-specific training- and test-time data
+  augmentation in segmentation", IEEE TMI 2023, method section).
 - :func:`lookahead_hypergradient` (and :func:`per_sample_lookahead_hypergradient`, :func:`apply_hypergradient`,
-  :func:`functional_forward`): the one-step look-ahead hypergradient shared by CoLab and learned augmentation (Li et
-  al., IEEE TMI 2023; methods.md 2.4, 3.4, 6.4).
-- :class:`AugmentationPolicyLearner`: learned augmentation in the trainer (``augmentation_policy=``): the TRA meta
-  step, the TEA step and their joint schedule (JCSAugment, Li et al., IEEE TMI 2023; methods.md 3.4-3.6).
+  :func:`functional_forward`): the one-step look-ahead hypergradient shared by CoLab and learned augmentation.
+- :func:`highest_resolution`: the full-resolution logits of a network output (DynUNet deep supervision).
 """
 
 from __future__ import annotations
 
+from monai_imbalance.utils import highest_resolution
+
 from .adversarial import adversarial_perturbation, normalize_per_sample
 from .augmentation_policy import AugmentationPolicyLearner, foreground_dice_loss, per_sample_ce_dice
-from .context_labels import ContextLabelLearner, ContextTargetLoss, highest_resolution
+from .context_labels import ContextLabelLearner, ContextTargetLoss
 from .lookahead import (
     DEFAULT_RADIUS,
     LOOKAHEAD_METHODS,

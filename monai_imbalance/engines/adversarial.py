@@ -2,9 +2,10 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Asymmetric adversarial perturbation for segmentation (supervised, VAT-style).
 
-Li, Kamnitsas, Glocker, "Analyzing overfitting under class imbalance in neural networks for image
-segmentation", IEEE TMI 2021 (reference code: ``network_trainer.py::generate_virtual_adversarial_perturbation`` and
-``advND_Crossentropy.py`` of the nnU-Net version, ``cnn3d.py::advfunc`` of the DeepMedic version), methods.md 1.4::
+Li, Kamnitsas, Glocker, "Analyzing overfitting under class imbalance in neural networks for image segmentation",
+IEEE TMI 2021, method section: asymmetric adversarial training (the authors' nnU-Net
+``network_trainer.py::generate_virtual_adversarial_perturbation`` / ``advND_Crossentropy.py`` and DeepMedic
+``cnn3d.py::advfunc``)::
 
     d     ~ N(0, I)                    (or U(0, 1), DeepMedic)
     d     <- xi * normalize(d)
@@ -12,27 +13,14 @@ segmentation", IEEE TMI 2021 (reference code: ``network_trainer.py::generate_vir
     r_adv = eps * normalize(grad_d L_adv)
 
 where ``normalize`` divides each sample by its largest absolute value and then by ``sqrt(sum d^2 + 1e-6)``, so
-``r_adv`` has L2 norm ``eps`` per sample. The direction comes from the rare-class voxels only (``r_c = 1`` for rare
-classes), or from all voxels in the symmetric version (``rare_classes=None``); the whole patch is perturbed, and the
-trainer then takes a step on ``x + r_adv`` with the full training loss
-(:class:`~monai_imbalance.engines.RegularisedSupervisedTrainer`).
+``r_adv`` has L2 norm ``eps`` per sample, and ``r_c = 1`` for the rare classes (all classes in the symmetric
+version, ``rare_classes=None``). The whole patch is perturbed; the trainer then takes a step on ``x + r_adv`` with
+the full loss (:class:`~monai_imbalance.engines.RegularisedSupervisedTrainer`).
 
-The perturbation is a probe, not a training step: it leaves no gradient in the network's parameters
-(``torch.autograd.grad`` with respect to ``d`` only, so weight gradients are not even computed), it runs in training
-mode (as the step that uses it) and restores every submodule's mode, and it restores the running statistics of every
-BatchNorm / InstanceNorm layer (``track_running_stats=True``), which its forward pass would otherwise update a second
-time per iteration with statistics of a perturbed batch.
+Example::
 
-When the adversarial step runs on the batch of the trainer's normal step (``raw: false``), the trainer does not call
-the probe: it takes the direction from the normal step's own forward pass, as the input gradient of
-:func:`rare_direction_loss` at ``x`` (``reuse_forward``, see
-:class:`~monai_imbalance.engines.RegularisedSupervisedTrainer`). That is the probe's gradient at ``xi = 0``: with
-``xi = 1e-5`` and ``normalize(d)`` of unit L2 norm over ``n`` voxels, ``x + xi * d`` moves a voxel by about
-``xi / sqrt(n)`` (2.4e-8 mean for ``n = 48^3 = 1.1e5``), below half the float32 spacing of ``x`` wherever
-``|x| >= 0.5``: in float32 ``x + xi * d == x`` for about 60 % of the voxels of a z-normalised patch (82 % of those
-with ``|x| >= 0.5``, 96 % with ``|x| >= 1``), and the rest move by one or two units in the last place. The probe's
-gradient is therefore the gradient at ``x`` up to float rounding (the tests check both facts numerically).
-:func:`perturbation_from_gradient` turns either gradient into ``r_adv``.
+    r_adv = adversarial_perturbation(network, x, y, eps=10.0, rare_classes=[1])
+    loss = loss_function(network(x + r_adv), y)
 """
 
 from __future__ import annotations
@@ -43,13 +31,13 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from monai_imbalance.utils import check_rare_classes
+from monai_imbalance.utils import check_rare_classes, highest_resolution, plain_tensor, unwrap_module
 
-from .mixup import _as_plain, validate_label_map
+from .mixup import validate_label_map
 
 __all__ = ["adversarial_perturbation", "normalize_per_sample", "perturbation_from_gradient", "rare_direction_loss"]
 
-#: The nnU-Net / DeepMedic defaults (methods.md 1.9).
+#: The authors' nnU-Net / DeepMedic defaults.
 DEFAULT_EPS = 10.0
 DEFAULT_XI = 1e-5
 _DICE_SMOOTH = 1e-5
@@ -74,12 +62,6 @@ def normalize_per_sample(d: torch.Tensor) -> torch.Tensor:
     return flat.view_as(d)
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel: the probe must not trigger gradient reduction."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return network.module if isinstance(network, wrappers) else network
-
-
 @contextlib.contextmanager
 def _probe(network: nn.Module) -> Iterator[None]:
     """Training mode during the block; afterwards every submodule's mode and every norm layer's running stats back."""
@@ -100,15 +82,6 @@ def _probe(network: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for buf, value in saved:
                 buf.copy_(value)
-
-
-def _logits_of(out: torch.Tensor | Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """The full-resolution logits ``(B, C, *sp)`` of a network output (deep-supervision outputs: the first head)."""
-    if isinstance(out, (list, tuple)):
-        out = out[0]
-    if out.ndim == x.ndim + 1:  # DynUNet deep supervision in training mode: (B, heads, C, *sp)
-        out = out[:, 0]
-    return out
 
 
 def _rare_direction_loss(
@@ -164,7 +137,7 @@ def rare_direction_loss(
     Raises:
         ValueError: ``rare_classes`` out of range or labels ``>= C`` / negative.
     """
-    logits = _logits_of(out, x)
+    logits = highest_resolution(out, x.ndim)
     num_classes = int(logits.shape[1])
     rare = check_rare_classes(rare_classes, num_classes)
     labels = validate_label_map(y, num_classes).to(logits.device)
@@ -181,7 +154,7 @@ def rare_direction_loss(
 
 def perturbation_from_gradient(g: torch.Tensor, eps: float, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``r_adv = eps * normalize(g)``: L2 norm ``eps`` per sample (zero where ``g`` is zero), detached."""
-    r = float(eps) * normalize_per_sample(_as_plain(g).detach())
+    r = float(eps) * normalize_per_sample(plain_tensor(g, detach=True))
     return r if dtype is None else r.to(dtype)
 
 
@@ -198,11 +171,15 @@ def adversarial_perturbation(
 ) -> torch.Tensor:
     """Adversarial perturbation of L2 norm ``eps`` per sample, directed by the loss on rare-class voxels.
 
-    Li, Kamnitsas, Glocker, IEEE TMI 2021, methods.md 1.4. The direction is the gradient, with respect to ``d``, of
-    the cross-entropy restricted to voxels whose label is rare (all voxels when ``rare_classes=None``), evaluated at
-    ``x + xi * normalize(d)`` for a random ``d``; ``dice=True`` adds nnU-Net's soft Dice of the rare foreground
-    classes on those voxels. A sample with no rare-class voxel gets a zero perturbation, unless BatchNorm (batch
-    statistics) couples it to the other samples.
+    Li, Kamnitsas, Glocker, IEEE TMI 2021, asymmetric adversarial training. The direction is the gradient, with
+    respect to ``d``, of the cross-entropy restricted to voxels whose label is rare (all voxels when
+    ``rare_classes=None``), evaluated at ``x + xi * normalize(d)`` for a random ``d``; ``dice=True`` adds nnU-Net's
+    soft Dice of the rare foreground classes on those voxels. A sample with no rare-class voxel gets a zero
+    perturbation, unless BatchNorm (batch statistics) couples it to the other samples.
+
+    The probe leaves no gradient in the network's parameters (``torch.autograd.grad`` with respect to ``d`` only),
+    runs in training mode and restores every submodule's mode and the running statistics of every norm layer, which
+    its forward pass would otherwise update a second time per iteration.
 
     It may be called inside ``torch.autocast``: the loss is computed in float32 from the (possibly half precision)
     logits and scaled by the voxel count; if the gradient is still not finite, it is recomputed without autocast.
@@ -213,7 +190,7 @@ def adversarial_perturbation(
             are unwrapped for the probe.
         x: images ``(B, C_in, *spatial)``.
         y: labels ``(B, 1, *spatial)``, integers in ``[0, C)``.
-        eps: the L2 norm of the perturbation of each sample, ``>= 0`` (default 10, methods.md 1.9).
+        eps: the L2 norm of the perturbation of each sample, ``>= 0`` (default 10, the authors').
         xi: the size of the random start ``d``, ``>= 0`` (default 1e-5).
         rare_classes: the classes whose voxels drive the direction; ``None``: all classes (symmetric).
         loss: a custom direction loss, called as ``loss(logits, y, mask=mask)`` with ``mask`` the float
@@ -241,8 +218,8 @@ def adversarial_perturbation(
             f"{tuple(x.shape)} and y {tuple(y.shape)}."
         )
     rare = check_rare_classes(rare_classes)
-    net = _unwrap(network)
-    x0 = _as_plain(x).detach()
+    net = unwrap_module(network)  # the probe must not trigger DDP's gradient reduction
+    x0 = plain_tensor(x, detach=True)
     dtype = x0.dtype if x0.dtype in (torch.float32, torch.float64) else torch.float32
     d = torch.randn(x0.shape, dtype=dtype, device=x0.device)
     if distribution == "uniform":

@@ -2,102 +2,14 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Learned augmentation in the trainer: the TRA meta step, the TEA step and their joint schedule.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (JCSAugment, methods.md 3.4-3.6, 3.8, 6.4). :class:`AugmentationPolicyLearner` holds the
+JCSAugment: Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data
+augmentation in segmentation", IEEE TMI 2023, method section (class-specific training-time augmentation, its
+meta-gradient, test-time augmentation and their joint optimisation). :class:`AugmentationPolicyLearner` holds the
 settings and state; :class:`~monai_imbalance.engines.RegularisedSupervisedTrainer` calls it before its normal step
-(``augmentation_policy=``), so one iteration is: TRA meta step -> TEA step -> segmenter step (methods.md 3.6).
+(``augmentation_policy=``), so one iteration is: TRA meta step -> TEA step -> segmenter step.
 
-TRA meta step (methods.md 3.4), every ``meta_interval`` iterations (the authors' ``augupdate``, default 1) once
-``warmup_epochs`` epochs are done. The training batch carries the bins the loader workers drew and the class group of
-each patch (``policy_bins`` ``(B, O)``, ``policy_group`` ``(B,)``, written by
-:class:`~monai_imbalance.transforms.PolicyAugmentd`); the straight-through weights are recomputed with gradient,
-``w = policy.weights(bins, groups).weight`` (value 1), and::
-
-    L_tr(theta, w) = (1/B) sum_b w_b * l_b(f_theta(x_b), y_b)        # l_b: per-sample CE + soft Dice (BG excluded)
-    theta'         = theta - lr * grad_theta L_tr                       # lr: the segmenter's current learning rate
-    L_val(theta')  on a batch of the held-out validation loader         # CE + batch Dice (softdsc 2, the U-Net default)
-    g_b            = d L_val(theta'(w)) / d w_b                         # lookahead_hypergradient, aux = w
-
-then :meth:`~monai_imbalance.augment.AugmentationPolicy.accumulate_hypergradient` (per-group baseline, per-bin
-normalisation), the policy optimizer steps (Adam, methods.md 3.8: 5e-4 for a U-Net) and ``shared.update(policy)``
-writes the new probabilities into the shared table the loader workers sample from
-(:mod:`~monai_imbalance.augment.shared`). When a test-time policy is set, each validation patch is transformed by a
-test-time transform drawn from its current probabilities and the prediction is mapped back before the loss
-(``P = T^{-1}(f_theta'(T(x)))``, "augmented by the current TEA policy", methods.md 3.4 / 3.6); voxels that a zoom
-or rotation moved out of the field of view are left out of that loss, as in the TEA loss.
-
-TEA step (methods.md 3.5), every ``test_time_interval`` iterations once ``test_time_warmup_epochs`` are done, on
-``test_time_patches`` patches of the validation batch (default 1, one holding foreground, as the authors' FG-centred
-patch): ``Z`` transforms ``t_z`` are drawn with straight-through weights ``w_z``
-(:meth:`~monai_imbalance.augment.TestTimePolicy.sample`), the segmenter predicts without gradient (eval mode, so
-BatchNorm statistics are not touched) ``P_z = T_z^{-1}(f_theta(T_z(x)))`` and::
-
-    L_TEA = sum_z (w_z / sum w) * Dice_fg(P_z, y; mask = voxels inside the field of view of T_z)
-
-with ``Dice_fg`` the batch soft Dice over **all** foreground classes (the authors used class 1 only; methods.md 6.3);
-``g_z = d L_TEA / d w_z`` goes through the test-time policy's ``accumulate_hypergradient`` to its own optimizer
-(Adam, 5e-5 jointly, methods.md 3.8).
-
-Cost, and what is shared (all exact)
-------------------------------------
-A TRA iteration runs: the look-ahead's forward/backward pass at ``theta`` on the training batch, a forward/backward
-pass at ``theta'`` on the validation batch, two forward passes at ``theta +- R v`` on the training batch (their
-gradient goes to ``w`` only, not through the network); a TEA iteration ``Z`` forward passes of one patch without
-gradient; then the normal step. Two things make it cheaper without changing any result beyond float rounding:
-
-- The normal step of a TRA iteration reuses the look-ahead's pass at ``theta`` (``reuse_lookahead_gradient``,
-  default automatic; CoLab's machinery, :class:`~monai_imbalance.engines.context_labels.LookaheadTrainStep`).
-  ``L_tr(theta, w) = (1/B) sum_b w_b l_b`` is evaluated with straight-through weights whose value is exactly 1
-  (``w - w.detach() + 1``), on the batch the normal step trains on, at the parameters it starts from (the TEA step in
-  between does not change them; the policy update only changes the probabilities of future draws). Its gradient in
-  ``theta`` is therefore the normal step's whenever the trainer's loss has the gradient of ``(1/B) sum_b l_b`` with
-  respect to the prediction, as the bundle's ``DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)``
-  has with :func:`per_sample_ce_dice` (equal-sized patches: the mean voxel CE is the mean of the per-patch means,
-  ``DiceLoss``'s mean over ``(B, C-1)`` the mean of the per-patch means). The trainer checks this at every reuse on
-  the kept prediction (:meth:`AugmentationPolicyLearner.reused_step_loss`: two loss evaluations, no network pass)
-  and otherwise runs the normal step itself. The segmenter's buffers (BatchNorm running statistics) are left as the
-  normal step's forward pass would leave them; under DDP the gradient is averaged over the ranks. Not automatic (only
-  with ``reuse_lookahead_gradient=True``) under AMP or ``compile``: the reused gradient is then the float32 one where
-  the normal step's would be autocast.
-- The TEA step evaluates each distinct transform once (the ``Z`` draws repeat transforms; the prediction of one is
-  deterministic, noise included) and puts the transformed patches of one shape through the network in one forward
-  pass (``test_time_batch_size`` at a time); so does the TEA-transformed validation batch of the TRA step. Batching
-  is exact when the network acts on each sample alone (instance / group / layer norm, BatchNorm in eval mode with
-  running statistics, :func:`_uses_batch_statistics`); otherwise one patch per pass, as before.
-- The hypergradient is the one-sided finite difference (``method="forward_difference"``, ``r = 1e-3``): the
-  gradient of ``w`` at ``theta`` comes from the look-ahead's backward pass there, so only ``theta + R v`` needs a
-  forward pass (the authors' central difference needs ``theta - R v`` too). Its truncation error is first order in
-  ``r`` instead of second: on a DynUNet 16-32-64-128, 32^3 patches, float32, the per-sample gradients after the
-  per-group baseline (what moves the policy) differ from the exact double backward by 3.9 % against 2.7 % for the
-  central difference at ``r = 0.01`` (:mod:`~monai_imbalance.engines.lookahead`). ``method="finite_difference"``
-  restores the authors' estimate.
-
-Measured on CPU (bundle ``learned_augmentation_segmentation`` on phantoms, DynUNet 16-32-64-128, 4 patches of 48^3,
-meta batch 2, ``Z = 10``, 1 thread, ``benchmarks/step_time.py --interleave --clock process``, mean over 4 rounds
-against the vanilla step): the joint TRA + TEA iteration (``meta_interval = test_time_interval = 1``) cost 4.0x and
-4.2x the vanilla step in two runs before these changes, 2.8x with the first two (3.7x with
-``reuse_lookahead_gradient=false``) and 2.4x with all three (2.42x-2.45x against 2.78x-2.81x for the central
-difference, side by side in three rounds); TRA only (``learned_class_specific``) 2.85x / 3.0x before, 2.0x with the
-first two. What remains is convolution-bound: the pass at ``theta`` (1x, the normal step's), the validation pass at
-``theta'`` (about 0.5x), the forward pass at ``theta + R v`` (about 0.3x) and the TEA forward passes of about 7
-distinct transforms of one patch (about 0.7x).
-Below that only settings that change the algorithm help, and they are opt-in: the authors' ``augupdate``
-(``meta_interval``) and ``test_time_interval`` amortise the two steps (same set-up: ``test_time_interval=2`` 2.4x,
-both 2: 1.8x).
-
-Skips: a look-ahead that reports ``skipped`` (non-finite or zero gradients), a non-finite TEA loss or a non-finite
-policy gradient skips that policy's optimizer step (Adam would still move on its momentum), is logged and counted in
-:attr:`AugmentationPolicyLearner.skipped` / :attr:`~AugmentationPolicyLearner.test_time_skipped`; the policy is left
-unchanged. Under DDP the policies are not wrapped: their gradients (and skip flags) are all-reduced and averaged
-before the step, and their parameters are broadcast from rank 0 when training starts, so all ranks (and their shared
-tables) stay identical.
-
-The held-out validation split comes from the training cases, e.g. with
-:func:`monai_imbalance.data.holdout_split` (``"$monai_imbalance.data.holdout_split(@train_cases, 0.1, @seed)"``),
-loaded as patches (50 % foreground-centred, methods.md 3.4) by a second ``DataLoader`` given as
-``validation_loader``; the learner cycles through it, one batch per meta / TEA step.
-
-Configuration (JSON, under the trainer's ``augmentation_policy``)::
+Example (JSON, under the trainer's ``augmentation_policy``; the held-out validation loader holds patches of training
+cases left out of the training loader, e.g. by :func:`monai_imbalance.data.holdout_split`)::
 
     "augmentation_policy": {
         "num_classes": 2,
@@ -107,15 +19,6 @@ Configuration (JSON, under the trainer's ``augmentation_policy``)::
         "meta_interval": 1, "test_time_interval": 1, "warmup_epochs": 0, "test_time_warmup_epochs": 0,
         "num_test_time_samples": 10, "validation_loss": "ce_dice"
     }
-
-Checkpoints: the policies are ``nn.Module`` and their optimizers ``torch.optim`` objects, so a bundle lists them in
-the ``CheckpointSaver`` / ``CheckpointLoader`` ``save_dict`` next to the network:
-``"policy": "@policy", "policy_optimizer": "@policy_optimizer", "test_time_policy": "@test_time_policy",
-"test_time_optimizer": "@test_time_optimizer"``; or the learner as one entry,
-``"augmentation_policy": "$@trainer.augmentation_policy"`` (:meth:`AugmentationPolicyLearner.state_dict`: both
-policies, both optimizers and the step counters; tensors, containers and primitives only). Loading through
-:meth:`AugmentationPolicyLearner.load_state_dict` also refreshes the shared table; loading the policy alone needs a
-``shared.update(policy)`` afterwards (the first meta step does it too).
 """
 
 from __future__ import annotations
@@ -137,10 +40,10 @@ from monai_imbalance.augment import (
     SharedPolicyProbabilities,
     TestTimePolicy,
 )
-from monai_imbalance.utils import check_settings
+from monai_imbalance.utils import check_settings, highest_resolution, plain_tensor, unwrap_module
 
 from .auxiliary_step import finish_auxiliary_step
-from .context_labels import LookaheadTrainPass, LookaheadTrainStep, _unwrap
+from .context_labels import LookaheadTrainPass, LookaheadTrainStep
 from .lookahead import check_lookahead_settings, functional_forward, lookahead_hypergradient
 
 __all__ = [
@@ -154,9 +57,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The TRA policy's Adam learning rate for a U-Net (methods.md 3.8; DeepMedic 1e-3, nnFormer 2e-3).
+#: The TRA policy's Adam learning rate for a U-Net (the authors' setting; DeepMedic 1e-3, nnFormer 2e-3).
 DEFAULT_TRAINING_POLICY_LR = 5e-4
-#: The TEA policy's Adam learning rate in joint training (methods.md 3.8; 5e-3 for TEA only).
+#: The TEA policy's Adam learning rate in joint training (the authors' setting; 5e-3 for TEA only).
 DEFAULT_TEST_TIME_LR = 5e-5
 #: The meta-validation losses (the authors' ``--softdsc`` 0, 1, 2).
 VALIDATION_LOSSES = {"ce": 0, "dice": 1, "ce_dice": 2}
@@ -192,21 +95,8 @@ _ALLOWED = (
 )
 
 
-def _logits(pred: Any, ndim: int) -> torch.Tensor:
-    """Full-resolution logits ``(B, K, *spatial)``: the first head of a list, or of DynUNet's stacked heads."""
-    if isinstance(pred, (list, tuple)):
-        pred = pred[0]
-    if pred.ndim == ndim + 1:  # DynUNet deep supervision in training mode: (B, 1 + heads, K, *spatial)
-        pred = pred[:, 0]
-    return pred
-
-
-def _plain(x: Any) -> torch.Tensor:
-    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-
-
 def per_sample_ce_dice(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """The TRA training loss per patch: cross-entropy + soft Dice over the foreground classes (methods.md 3.4).
+    """The TRA training loss per patch: cross-entropy + soft Dice over the foreground classes (JCSAugment, TRA).
 
     Args:
         pred: logits ``(B, C, *spatial)``.
@@ -225,7 +115,9 @@ def per_sample_ce_dice(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 def foreground_dice_loss(pred: torch.Tensor, label: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Batch soft Dice loss over all foreground classes, optionally restricted to a mask (methods.md 3.4, 3.5, 6.3).
+    """Batch soft Dice loss over all foreground classes, optionally restricted to a mask (JCSAugment's TEA loss).
+
+    ``Dice_fg`` of the TEA loss and of the meta-validation loss; the authors' code used class 1 only.
 
     Args:
         pred: logits ``(B, C, *spatial)``.
@@ -267,13 +159,43 @@ def _int_setting(name: str, value: Any, minimum: int) -> int:
 
 @dataclass
 class AugmentationPolicyLearner:
-    """Settings and state of learned augmentation (TRA, TEA, joint; see the module docstring).
+    """Settings and state of learned augmentation (TRA, TEA, joint; JCSAugment, Li et al., IEEE TMI 2023).
+
+    TRA meta step, every ``meta_interval`` iterations after ``warmup_epochs``. The training batch carries the bins
+    the loader workers drew and each patch's class group (``policy_bins`` ``(B, O)``, ``policy_group`` ``(B,)``,
+    written by :class:`~monai_imbalance.transforms.PolicyAugmentd`); the straight-through weights
+    ``w = policy.weights(bins, groups).weight`` (value 1) are recomputed with gradient, and::
+
+        L_tr(theta, w) = (1/B) sum_b w_b * l_b(f_theta(x_b), y_b)        # l_b: per-sample CE + soft Dice (BG excluded)
+        theta'         = theta - lr * grad_theta L_tr                       # lr: the segmenter's current learning rate
+        L_val(theta')  on a batch of the held-out validation loader         # CE + batch Dice by default
+        g_b            = d L_val(theta'(w)) / d w_b                         # lookahead_hypergradient, aux = w
+
+    then :meth:`~monai_imbalance.augment.AugmentationPolicy.accumulate_hypergradient` (per-group baseline, per-bin
+    normalisation), the policy optimizer's step and ``shared.update(policy)``. With a test-time policy the
+    validation prediction is ``P = T^{-1}(f_theta'(T(x)))`` for a transform ``T`` drawn from it, voxels moved out of
+    the field of view left out of the loss.
+
+    TEA step, every ``test_time_interval`` iterations after ``test_time_warmup_epochs``, on ``test_time_patches``
+    validation patches: ``Z`` transforms ``t_z`` drawn with straight-through weights ``w_z``, predictions without
+    gradient in eval mode ``P_z = T_z^{-1}(f_theta(T_z(x)))``, and::
+
+        L_TEA = sum_z (w_z / sum w) * Dice_fg(P_z, y; mask = voxels inside the field of view of T_z)
+
+    with ``Dice_fg`` the batch soft Dice over all foreground classes (:func:`foreground_dice_loss`); ``g_z = d L_TEA /
+    d w_z`` goes through the test-time policy's ``accumulate_hypergradient`` to its own optimizer.
+
+    A skipped look-ahead, a non-finite TEA loss or a non-finite policy gradient skips that policy's optimizer step
+    (logged, counted in ``skipped`` / ``test_time_skipped``). Under DDP the policies are not wrapped: their gradients
+    and skip flags are averaged over the ranks and their parameters broadcast from rank 0 at the start. For
+    checkpoints, list the policies and their optimizers in the ``save_dict``, or the learner as one entry
+    (:meth:`state_dict`; :meth:`load_state_dict` also refreshes the shared table).
 
     Attributes:
         num_classes: ``C``, classes of the labels (background included).
         policy: the training-time policy (TRA); ``None``: no TRA meta step.
         optimizer: the TRA policy's optimizer; ``None``: Adam, lr :data:`DEFAULT_TRAINING_POLICY_LR`, betas
-            (0.9, 0.999), no weight decay (methods.md 3.4).
+            (0.9, 0.999), no weight decay (the authors' setting).
         lr_scheduler: the TRA policy's scheduler, stepped once per TRA step (the authors: poly 0.9).
         shared: the shared probability table the loader workers sample from; ``update(policy)`` after each TRA step.
         test_time_policy: the test-time policy (TEA); ``None``: no TEA step, and a plain validation batch for TRA.
@@ -296,17 +218,17 @@ class AugmentationPolicyLearner:
         augment_validation: transform the TRA validation batch by the current TEA policy when there is one (True).
         method: hypergradient method (:func:`~monai_imbalance.engines.lookahead_hypergradient`):
             ``"forward_difference"`` (default: one training-batch forward pass less than the authors' central
-            ``"finite_difference"``, joint step 2.8x -> 2.4x the vanilla step; module docstring, "Cost") or
-            ``"exact"``.
+            ``"finite_difference"``, error first order in ``r``) or ``"exact"``.
         r: finite-difference radius, ``R = r / ||v||``; ``None``: the method's default (1e-3 one-sided, 0.01
             central, the authors').
         meta_lr: the virtual step's learning rate; ``None``: the segmenter optimizer's current learning rate.
-        baseline: subtract the per-group mean of the weight gradients (methods.md 3.4; True).
+        baseline: subtract the per-group mean of the weight gradients (the authors' rule; True).
         normalize: divide by the per-group, per-op bin counts (True).
         bins_key: batch key of the sampled bins ``(B, O)``.
         group_key: batch key of the class-group indices ``(B,)``.
         reuse_lookahead_gradient: on TRA iterations, let the trainer's normal step reuse the look-ahead's gradient
-            and prediction at ``theta`` instead of another forward/backward pass (module docstring, "Cost").
+            and prediction at ``theta`` instead of another forward/backward pass. Exact: ``L_tr(theta, w)`` is
+            evaluated with weights of value 1 on the batch and at the parameters the normal step starts from.
             ``None`` (default): whenever that is exact, i.e. the trainer has a ``SimpleInferer``,
             ``accumulation_steps=1``, no adversarial / mixup step, no AMP and no ``compile``, and its loss has the
             gradient of ``L_tr(theta, w)`` with respect to the prediction (checked at every reuse,
@@ -424,7 +346,7 @@ class AugmentationPolicyLearner:
         check_settings("augmentation_policy", config, _ALLOWED, required=("num_classes",))
         return cls(**dict(config))
 
-    # -- the schedule (methods.md 3.6) ---------------------------------------------------------------------------
+    # -- the schedule ---------------------------------------------------------------------------------------------
     def is_meta_iteration(self, iteration: int, epoch: int) -> bool:
         """Whether the TRA step runs at this 1-based iteration of this 1-based epoch."""
         return self.policy is not None and epoch > self.warmup_epochs and iteration % self.meta_interval == 0
@@ -512,7 +434,7 @@ class AugmentationPolicyLearner:
         pred = leaves[0] if isinstance(step.pred, torch.Tensor) else type(step.pred)(leaves)
         with torch.enable_grad():
             theirs = loss_function(pred, label).mean()
-            mine = self._per_sample_loss(pred, _plain(label)).mean()
+            mine = self._per_sample_loss(pred, plain_tensor(label)).mean()
             grads = [torch.autograd.grad(v, leaves, allow_unused=True) for v in (theirs, mine)]
         theirs, mine = theirs.detach(), mine.detach()
         if not (math.isfinite(float(theirs)) and math.isfinite(float(mine))):
@@ -559,11 +481,11 @@ class AugmentationPolicyLearner:
                     f"augmentation_policy expects '{key}' in the training batch: augment the patches with "
                     "monai_imbalance.transforms.PolicyAugmentd (it records the sampled bins and the class group)."
                 )
-            out.append(_plain(batchdata[key]).to(device).long())
+            out.append(plain_tensor(batchdata[key]).to(device).long())
         return out[0], out[1].reshape(-1)
 
     def _per_sample_loss(self, pred: Any, label: torch.Tensor) -> torch.Tensor:
-        logits = _logits(pred, label.ndim)
+        logits = highest_resolution(pred, label.ndim)
         loss = per_sample_ce_dice(logits, label) if self.loss_function is None else self.loss_function(logits, label)
         if loss.ndim == 0 or loss.shape[0] != label.shape[0]:
             raise ValueError(
@@ -584,7 +506,7 @@ class AugmentationPolicyLearner:
             loss = loss + foreground_dice_loss(pred, label, mask)
         return loss
 
-    # -- TRA (methods.md 3.4) ------------------------------------------------------------------------------------
+    # -- TRA ------------------------------------------------------------------------------------------------------
     def meta_step(
         self,
         network: torch.nn.Module,
@@ -596,7 +518,7 @@ class AugmentationPolicyLearner:
         validation: tuple[torch.Tensor, torch.Tensor],
         generator: torch.Generator | None = None,
     ) -> dict[str, float]:
-        """One TRA policy update by the one-step look-ahead hypergradient (methods.md 3.4).
+        """One TRA policy update by the one-step look-ahead hypergradient (JCSAugment, TRA meta-gradient).
 
         Args:
             network: the segmenter (a DDP wrapper is unwrapped).
@@ -614,7 +536,7 @@ class AugmentationPolicyLearner:
         """
         assert self.policy is not None and self.optimizer is not None
         self._train_step = None
-        segmenter = _unwrap(network)
+        segmenter = unwrap_module(network)
         lr = float(self.meta_lr if self.meta_lr is not None else segmenter_optimizer.param_groups[0]["lr"])
         val_image, val_label = validation
         transforms = self._validation_transforms(val_image.shape[0])
@@ -635,10 +557,13 @@ class AugmentationPolicyLearner:
 
         def val_loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
             if transforms is None:
-                pred = _logits(functional_forward(segmenter, params, val_image), val_image.ndim)
+                pred = highest_resolution(functional_forward(segmenter, params, val_image), val_image.ndim)
             else:
                 pred = self._transformed_prediction(
-                    lambda x: _logits(functional_forward(segmenter, params, x), x.ndim), val_image, transforms, batched
+                    lambda x: highest_resolution(functional_forward(segmenter, params, x), x.ndim),
+                    val_image,
+                    transforms,
+                    batched,
                 )
             return self._validation_loss(pred, val_label, mask)
 
@@ -665,7 +590,7 @@ class AugmentationPolicyLearner:
             self.lr_scheduler.step()
         return {"policy_meta_loss": float(result.val_loss), "policy_meta_skipped": float(skipped)}
 
-    # -- TEA (methods.md 3.5) ------------------------------------------------------------------------------------
+    # -- TEA ------------------------------------------------------------------------------------------------------
     def _validation_transforms(self, batch_size: int) -> list[int] | None:
         """One test-time transform per validation patch, drawn from the current TEA probabilities (or ``None``)."""
         if self.test_time_policy is None or not self.augment_validation:
@@ -736,10 +661,10 @@ class AugmentationPolicyLearner:
         indices: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, float]:
-        """One TEA policy update (methods.md 3.5); the segmenter is not updated (no gradient, eval mode).
+        """One TEA policy update (JCSAugment, TEA); the segmenter is not updated (no gradient, eval mode).
 
-        Each distinct transform among the ``Z`` draws is evaluated once, the transformed patches batched (module
-        docstring, "Cost"); the loss of a draw is that of its transform.
+        Each distinct transform among the ``Z`` draws is evaluated once, the transformed patches batched when the
+        network does not mix the samples of a batch; the loss of a draw is that of its transform.
 
         Args:
             network: the segmenter.
@@ -754,7 +679,7 @@ class AugmentationPolicyLearner:
         """
         assert self.test_time_policy is not None and self.test_time_optimizer is not None
         policy = self.test_time_policy
-        segmenter = _unwrap(network)
+        segmenter = unwrap_module(network)
         image, label = self._test_time_patches(*validation)
         if indices is None:
             weights = policy.sample(self.num_test_time_samples)
@@ -763,7 +688,7 @@ class AugmentationPolicyLearner:
         chosen = weights.bins[:, 0].tolist()
 
         def _predict(x: torch.Tensor) -> torch.Tensor:
-            return _logits(segmenter(x), x.ndim)
+            return highest_resolution(segmenter(x), x.ndim)
 
         was_training = segmenter.training
         segmenter.eval()
@@ -809,7 +734,7 @@ class AugmentationPolicyLearner:
 
     # -- the trainer's hook --------------------------------------------------------------------------------------
     def iteration(self, engine: Any, batchdata: Any) -> dict[str, float]:
-        """The steps due at this iteration, before the segmenter step: TRA meta step, then TEA (methods.md 3.6).
+        """The steps due at this iteration, before the segmenter step: TRA meta step, then TEA (joint schedule).
 
         Args:
             engine: the trainer (``state.iteration``, ``state.epoch``, ``network``, ``optimizer``,
@@ -829,15 +754,21 @@ class AugmentationPolicyLearner:
         device = engine.state.device
         val = self.validation_batch()
         val_image, val_label = engine.prepare_batch(val, device, engine.non_blocking, **engine.to_kwargs)[:2]
-        validation = (_plain(val_image).float(), _plain(val_label))
+        validation = (plain_tensor(val_image).float(), plain_tensor(val_label))
         out: dict[str, float] = {}
         if run_tra:
             batch = engine.prepare_batch(batchdata, device, engine.non_blocking, **engine.to_kwargs)
-            bins, groups = self._policy_batch(batchdata, _plain(batch[0]).device)
+            bins, groups = self._policy_batch(batchdata, plain_tensor(batch[0]).device)
             engine.network.train()
             out.update(
                 self.meta_step(
-                    engine.network, engine.optimizer, _plain(batch[0]), _plain(batch[1]), bins, groups, validation
+                    engine.network,
+                    engine.optimizer,
+                    plain_tensor(batch[0]),
+                    plain_tensor(batch[1]),
+                    bins,
+                    groups,
+                    validation,
                 )
             )
         if run_tea:

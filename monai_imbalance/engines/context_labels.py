@@ -2,69 +2,22 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Context label learning (CoLab) in the trainer: context targets for the normal step and the generator's meta step.
 
-Li, Kamnitsas, Ouyang, Chen, Glocker, "Context Label Learning: Improving Background Class Representations in Semantic
-Segmentation", IEEE TMI 2023 (methods.md 2.2-2.5). The segmenter ``f_theta`` has ``K = C + t - 1`` output channels
-``[ctx_0, FG_1 .. FG_{C-1}, ctx_1 .. ctx_{t-1}]``; its training target splits the background into ``t`` context
-classes. Where the split comes from:
+Li, Kamnitsas, Ouyang, Chen, Glocker, "Context label learning: improving background class representations in semantic
+segmentation", IEEE TMI 2023, method section (context labels, the task generator and its meta-objective). The segmenter
+``f_theta`` has ``K = C + t - 1`` output channels ``[ctx_0, FG_1 .. FG_{C-1}, ctx_1 .. ctx_{t-1}]``; its training
+target splits the background into ``t`` context classes, which come from a generator ``q = softmax(g_phi(x))``
+trained by meta-learning (CoLab), from a hard context map in the batch (``context_key``: the k-means, dilated-ring or
+human-defined baselines), or, with ``num_context = 1``, from nothing (plain training).
+:class:`~monai_imbalance.engines.RegularisedSupervisedTrainer` calls :class:`ContextLabelLearner` before its normal
+step and wraps the loss in :class:`ContextTargetLoss`, so the engine's output keeps the original ``C``-class label.
 
-- ``generator`` (CoLab): ``q = softmax(g_phi(x))``, a network trained by meta-learning. Every ``meta_interval``
-  iterations, before the normal step, :class:`ContextLabelLearner` takes the one-step look-ahead hypergradient
-  (:func:`~monai_imbalance.engines.lookahead_hypergradient`): a virtual SGD step of the segmenter on the context
-  target (learning rate: the segmenter's current one), the foreground BCE of the updated segmenter on the same batch
-  (methods.md 2.4: the "validation" data is the training batch itself), and its gradient back to ``phi``; the
-  generator's own optimizer (Adam, 3e-4, poly 0.9 in the bundle) steps on it. A zero or non-finite gradient skips the
-  update and is logged (and counted in :attr:`ContextLabelLearner.skipped`).
-- ``context_key`` (baselines, methods.md 2.7): a hard context map ``(B, 1, *spatial)`` with values ``0..t-1`` that
-  the data pipeline put in the batch (k-means of background intensities, dilated rings of the foreground, or a human
-  anatomy mask); it is one-hot encoded.
-- neither, with ``num_context = 1``: the target is the one-hot label, plain training (the ``vanilla`` variant).
+Example (JSON, under the trainer's ``context_labels``)::
 
-The normal step then trains on :func:`~monai_imbalance.losses.compose_context_target` of the (detached) context
-probabilities, the label and, with ``mask_key``, the distance restriction ``M`` (far background becomes hard context
-0). It is exactly ``SupervisedTrainer``'s step with the loss ``loss(pred, target(label))``: the trainer wraps the loss
-in :class:`ContextTargetLoss`, so the engine's output keeps the original label (metrics, the logit handler and the
-postprocessing see the usual ``C`` classes).
-
-Cost, and the one opt-in shortcut (``reuse_lookahead_gradient``)
--------------------------------------------------------------------
-Per iteration CoLab adds one generator forward pass (no graph) to the normal step; every ``meta_interval`` iterations
-the meta step adds a generator forward pass with graph, a segmenter forward/backward pass at ``theta`` (the virtual
-step's gradient), one at ``theta'`` (``v``), two segmenter forward passes at ``theta +- R v`` and a generator backward
-pass; then the normal step runs, with the generator's output *after* its update, as the authors' ``common.py::train``
-does (meta step, ``optimizer_arch.step()``, then a fresh ``samplemodel(input)`` for the normal step's target). None of
-these passes is shared with another one at the same parameters and inputs except the segmenter's forward pass at
-``theta``, which the look-ahead and the normal step both run; keeping its graph until the normal step would save one
-forward pass per meta step (about 3 % of the amortised step on CPU) at the price of a second segmenter graph in memory
-during the look-ahead, so it is not done. Measured on CPU (bundle ``context_label_segmentation`` on its built-in data,
-DynUNet 16-32-64-128, 4 patches of 48^3, 1 thread, ``benchmarks/step_time.py --interleave --clock process``): normal
-CoLab iteration 1.3x the vanilla step, meta iteration 4.8x, amortised over 5 iterations 2.0x. The passes are
-convolution-bound (``channels_last_3d`` and ``inference_mode`` do not make the generator's forward pass cheaper); a
-generator with half the filters would cost 1.75x (1.55x with the shortcut below) but methods.md 2.1 gives both
-networks the same architecture.
-
-Departures from the authors that lower the cost, all opt-in (the bundle's ``colab_t2_fast`` takes all three): the
-shortcut below; ``method="forward_difference"`` (one segmenter forward pass at ``theta + R v`` instead of two,
-:mod:`~monai_imbalance.engines.lookahead`); a smaller generator
-(:func:`~monai_imbalance.networks.context_generator_like` ``width``). With a quarter-width generator: 1.42x and 1.36x
-the vanilla step in two runs (1.49-1.52x at half width; 2.04x for the authors' set-up), same benchmark.
-
-With ``reuse_lookahead_gradient=True`` (default ``False``) the normal step of a meta iteration reuses the look-ahead's
-gradient ``grad_theta L_tr(theta, q)`` and prediction at ``theta`` (``LookaheadResult.train_grads``) instead of running
-the generator and the segmenter again: the segmenter's optimizer steps on the target of the generator *before* its
-update (a simultaneous update of ``theta`` and ``phi`` on that iteration instead of the authors' alternating order).
-The difference to the default is one generator step (Adam, lr 3e-4 in the bundle) in the context part of the target,
-on one iteration in ``meta_interval``; when the generator step is skipped (zero or non-finite hypergradient) or its
-learning rate is 0, both paths give the same update (``tests/engines/test_context_labels.py``). It saves a generator
-forward pass and a segmenter forward/backward pass per meta step (amortised 2.0x -> 1.8x on the CPU set-up above).
-The reused step runs in float32 without autocast or ``GradScaler`` (as the meta step), averages the gradient over the
-ranks under DDP (as DDP's backward does), leaves the segmenter's buffers (BatchNorm running statistics) as the normal
-step's forward pass would (:class:`LookaheadTrainPass` keeps them after the look-ahead's pass at ``theta``), needs a
-``SimpleInferer`` (the look-ahead calls the segmenter directly) and ``accumulation_steps=1``; when the look-ahead's
-gradient is not finite the normal step runs as usual.
-
-Under DDP the generator is not wrapped: its hypergradient is averaged over the ranks with ``all_reduce`` before the
-generator's optimizer steps, and its parameters are broadcast from rank 0 when training starts, so every rank holds
-identical generator parameters throughout. The meta step runs in float32 (no autocast) on the segmenter's module.
+    "context_labels": {
+        "num_classes": 2, "num_context": 2,
+        "generator": "@generator", "optimizer": "@generator_optimizer",
+        "meta_interval": 5, "mask_key": "context_mask"
+    }
 """
 
 from __future__ import annotations
@@ -80,7 +33,7 @@ import torch.distributed as dist
 
 from monai_imbalance.losses import compose_context_target, context_foreground_bce
 from monai_imbalance.networks import check_context_networks
-from monai_imbalance.utils import check_settings
+from monai_imbalance.utils import check_settings, highest_resolution, plain_tensor, unwrap_module
 
 from .auxiliary_step import finish_auxiliary_step
 from .lookahead import (
@@ -91,7 +44,7 @@ from .lookahead import (
     lookahead_hypergradient,
 )
 
-__all__ = ["ContextLabelLearner", "ContextTargetLoss", "LookaheadTrainPass", "LookaheadTrainStep", "highest_resolution"]
+__all__ = ["ContextLabelLearner", "ContextTargetLoss", "LookaheadTrainPass", "LookaheadTrainStep"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,23 +62,6 @@ _ALLOWED = (
     "meta_lr",
     "reuse_lookahead_gradient",
 )
-
-
-def highest_resolution(pred: Any) -> torch.Tensor:
-    """The full-resolution logits ``(B, K, *spatial)`` of a segmenter output.
-
-    DynUNet with deep supervision returns ``(B, 1 + deep_supr_num, K, *spatial)`` in training mode; a list or tuple of
-    heads is also accepted (the first is the full resolution). Plain ``(B, K, *spatial)`` passes through.
-    """
-    if isinstance(pred, (list, tuple)):
-        return pred[0]
-    return pred
-
-
-def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (functional calls bypass the wrapper)."""
-    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
-    return network.module if isinstance(network, wrappers) else network
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -204,7 +140,18 @@ class LookaheadTrainPass:
 
 @dataclass
 class ContextLabelLearner:
-    """Settings and state of context-label training (see the module docstring).
+    """Settings and state of context-label training (CoLab, Li et al., IEEE TMI 2023).
+
+    With a generator, every ``meta_interval`` iterations before the normal step: the one-step look-ahead
+    hypergradient (:func:`~monai_imbalance.engines.lookahead_hypergradient`) of a virtual SGD step of the segmenter on
+    the context target (learning rate: the segmenter's current one), the foreground BCE of the updated segmenter on
+    the same batch (the paper's meta-objective: the "validation" data is the training batch itself), and its
+    gradient back to ``phi``; the generator's own optimizer steps on it. A zero or non-finite gradient skips the
+    update (logged, counted in ``skipped``). The normal step then trains on
+    :func:`~monai_imbalance.losses.compose_context_target` of the detached context probabilities of the updated
+    generator, the label and, with ``mask_key``, the distance restriction ``M``, as the authors' code does. Under DDP
+    the generator is not wrapped: its hypergradient is averaged over the ranks and its parameters broadcast from rank
+    0 at the start. The meta step runs in float32 (no autocast) on the segmenter's module.
 
     Attributes:
         num_classes: ``C``, classes of the labels (background included).
@@ -212,19 +159,22 @@ class ContextLabelLearner:
         generator: the context generator ``g_phi`` (``t`` output channels); ``None`` for the baselines.
         optimizer: the generator's optimizer (required with a generator).
         lr_scheduler: the generator's scheduler, stepped once per meta step (optional).
-        meta_interval: iterations between meta steps (methods.md 2.5: 5); the meta step runs when
+        meta_interval: iterations between meta steps (the authors: 5); the meta step runs when
             ``iteration % meta_interval == 0`` (ignite counts iterations from 1).
         mask_key: batch key of the distance-restriction mask ``M`` ``(B, 1, *spatial)`` (``None``: ``M = 1``).
         context_key: batch key of a hard context map ``(B, 1, *spatial)`` in ``0..t-1`` (baselines).
         method: hypergradient method, ``"finite_difference"`` (the authors' central difference),
             ``"forward_difference"`` (one-sided: one segmenter forward pass less per meta step) or ``"exact"`` (double
             backward); see :func:`~monai_imbalance.engines.lookahead_hypergradient`.
-        r: finite-difference scale ``R = r / ||v||``; ``None``: the method's default (methods.md 2.4: 0.01 for the
+        r: finite-difference scale ``R = r / ||v||``; ``None``: the method's default (the authors' 0.01 for the
             central difference; 1e-3 for the one-sided one).
         meta_lr: the virtual step's learning rate; ``None``: the segmenter optimizer's current learning rate.
         reuse_lookahead_gradient: on meta iterations, let the normal step reuse the look-ahead's gradient and
-            prediction at ``theta`` (target of the generator before its update; see the module docstring). Default
-            ``False``: the authors' order, the normal step recomputes both with the updated generator.
+            prediction at ``theta``: the segmenter then steps on the target of the generator *before* its update
+            (a simultaneous instead of the authors' alternating update, on one iteration in ``meta_interval``). It
+            runs in float32 without autocast, needs a ``SimpleInferer`` and ``accumulation_steps=1``, and falls back
+            to the normal step when the look-ahead's gradient is not finite. Default ``False``: the authors' order,
+            the normal step recomputes both with the updated generator.
         steps: meta steps taken (updated or skipped).
         skipped: meta steps whose update was skipped (zero or non-finite gradient).
     """
@@ -283,7 +233,7 @@ class ContextLabelLearner:
 
     def check_segmenter(self, network: torch.nn.Module) -> None:
         """Check the segmenter (and generator) output channels against ``C`` and ``t`` (clear error on mismatch)."""
-        check_context_networks(_unwrap(network), self.generator, self.num_classes, self.num_context)
+        check_context_networks(unwrap_module(network), self.generator, self.num_classes, self.num_context)
 
     # -- the context probabilities -------------------------------------------------------------------------------
     def _batch_tensor(self, batchdata: Any, key: str, device: torch.device) -> torch.Tensor:
@@ -293,8 +243,7 @@ class ContextLabelLearner:
                 "that writes it before the crop, and crop it with the image."
             )
         value = batchdata[key]
-        value = value.as_tensor() if hasattr(value, "as_tensor") else torch.as_tensor(value)
-        return value.to(device)
+        return plain_tensor(value).to(device)
 
     def mask(self, batchdata: Any, device: torch.device) -> torch.Tensor | None:
         """The distance-restriction mask ``(B, 1, *spatial)`` float, or ``None`` without ``mask_key``."""
@@ -323,7 +272,7 @@ class ContextLabelLearner:
         return image.new_ones((image.shape[0], 1, *image.shape[2:]))
 
     def target(self, probabilities: torch.Tensor, label: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """The ``K``-channel soft target (methods.md 2.2) of ``probabilities`` ``(B, t, *sp)`` and ``label``."""
+        """The ``K``-channel soft target (CoLab's context labels) of ``probabilities`` ``(B, t, *sp)`` and ``label``."""
         return compose_context_target(probabilities, label, self.num_classes, mask)
 
     # -- the meta step -------------------------------------------------------------------------------------------
@@ -340,7 +289,7 @@ class ContextLabelLearner:
         label: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> dict[str, float]:
-        """One generator update by the one-step look-ahead hypergradient (methods.md 2.4).
+        """One generator update by the one-step look-ahead hypergradient (CoLab's meta-objective).
 
         Args:
             network: the segmenter (a DDP wrapper is unwrapped), ``K`` output channels.
@@ -356,7 +305,7 @@ class ContextLabelLearner:
         """
         assert self.generator is not None and self.optimizer is not None
         self._train_step = None
-        segmenter = _unwrap(network)
+        segmenter = unwrap_module(network)
         lr = float(self.meta_lr if self.meta_lr is not None else segmenter_optimizer.param_groups[0]["lr"])
         self.generator.train()
         # the generator runs once: the hypergradient is taken w.r.t. its soft labels q and then back-propagated
@@ -372,7 +321,7 @@ class ContextLabelLearner:
             return loss_function(pred, target).mean()
 
         def val_loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
-            pred = highest_resolution(functional_forward(segmenter, params, image))
+            pred = highest_resolution(functional_forward(segmenter, params, image), image.ndim)
             return context_foreground_bce(pred, label, self.num_classes)
 
         result = lookahead_hypergradient(segmenter, train_loss, val_loss, [q], lr, method=self.method, r=self.r)
@@ -432,5 +381,5 @@ class ContextTargetLoss:
     def __call__(self, pred: Any, label: torch.Tensor) -> torch.Tensor:
         if self.probabilities is None:
             raise RuntimeError("ContextTargetLoss called before the trainer set the batch's context probabilities.")
-        label = label.as_tensor() if hasattr(label, "as_tensor") else label
+        label = plain_tensor(label)
         return self.loss_function(pred, self.learner.target(self.probabilities, label, self.mask))

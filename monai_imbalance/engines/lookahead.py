@@ -2,90 +2,23 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """The one-step look-ahead hypergradient shared by CoLab and learned augmentation.
 
-Li et al., "Context Label Learning: Improving Background Class Representations in Semantic Segmentation", IEEE TMI
-2023 (CoLab, methods.md 2.4), and Li et al., "Joint class-specific training-time and test-time augmentation", IEEE TMI
-2023 (JCSAugment TRA, methods.md 3.4); both follow DARTS (Liu, Simonyan, Yang, ICLR 2019). With ``theta`` the
-segmenter's parameters and ``aux`` the auxiliary tensors the training loss depends on (the generator's soft context
-labels or its parameters for CoLab, the per-sample weights ``w_b`` of the augmentation policy for TRA)::
+CoLab (Li et al., "Context label learning: improving background class representations in semantic segmentation",
+IEEE TMI 2023, method section: the meta-learned task generator) and JCSAugment (Li et al., "Joint optimization of
+class-specific training- and test-time data augmentation in segmentation", IEEE TMI 2023, method section: the
+training-time policy's meta-gradient) both follow DARTS (Liu, Simonyan, Yang, ICLR 2019). With ``theta`` the
+segmenter's parameters and ``aux`` the auxiliary tensors the training loss depends on (CoLab: the generator's soft
+context labels; JCSAugment: the per-sample weights ``w_b`` of the augmentation policy)::
 
     theta' = theta - lr * grad_theta L_tr(theta, aux)                  # a virtual plain SGD step
     v      = grad_theta' L_val(theta')
     dL_val(theta'(aux)) / d aux = -lr * (d^2 L_tr / d aux d theta) v    # the hypergradient
 
-Two ways to get the mixed second derivative (``method``):
+:func:`lookahead_hypergradient` takes one virtual step on the batch loss; :func:`per_sample_lookahead_hypergradient`
+one per sample, as the CoLab authors' code does. :func:`functional_forward` runs a module with replaced parameters
+(safe for DynUNet, whose ``skip_layers`` are reachable by several paths).
 
-- ``"finite_difference"`` (default; the authors' ``hessian_vector_product_Unet``, methods.md 6.4):
-  ``R = r / ||v||``, ``-lr * (grad_aux L_tr(theta + R v) - grad_aux L_tr(theta - R v)) / (2R)``. Its peak memory is
-  about that of one normal training step (plus a few copies of the parameters): every pass is an ordinary
-  forward/backward and no graph of a graph is kept. It
-  costs two forward/backward passes (``grad_theta L_tr`` at ``theta``, ``v`` at ``theta'``) and two passes at
-  ``theta +- R v`` that differentiate with respect to ``aux`` only: when ``aux`` is a loss target (soft context
-  labels) or a per-sample loss weight, autograd does not backpropagate through the network for them, so they cost
-  about a forward pass each.
-- ``"forward_difference"``: one-sided, ``-lr * (grad_aux L_tr(theta + R v) - grad_aux L_tr(theta)) / R``, with
-  ``grad_aux L_tr(theta)`` taken from the backward pass at ``theta`` that gives ``grad_theta L_tr`` (the part of the
-  graph upstream of ``aux`` is kept for that pass only). One pass at ``theta +- R v`` less (about a forward pass of
-  the training batch), for a truncation error of first order in ``r`` instead of second: use a radius about ten
-  times smaller (``r = 1e-3``) for the accuracy of the central difference at ``1e-2`` on smooth networks. Measured on
-  a DynUNet with filters 16-32-64-128, 32^3 patches, batch 3, per-sample loss weights as ``aux`` (TRA), float32, one
-  thread: relative difference to ``"exact"`` 6.0e-4 (``r = 1e-3``) against 8.3e-5 for the central difference; on the
-  per-sample gradients after the TRA per-group baseline is subtracted (what moves the policy) 3.9 % against 2.7 %;
-  1.05 s against 1.22 s per call.
-- ``"exact"``: double backward, ``-lr * grad_aux <grad_theta L_tr(theta, aux), v>`` with ``create_graph=True`` on the
-  first gradient. No truncation error, but the graph of the first backward pass is kept until the end, and the
-  double backward runs through the whole network.
-
-Why finite differences by default: the meta step has to run on the patch size the normal step was sized for (3D
-patches usually fill the accelerator), and the exact method raises the peak memory well above the normal step's. On
-CPU, DynUNet filters 16-32-64-128, 32^3 patches, batch 2 (``benchmarks/lookahead_step_time.py``): vanilla step 0.12 s,
-finite difference 0.32 s (2.7x) at 1.1-1.3x the vanilla peak memory, exact 0.5-0.6 s (4-5x) at 2.2-2.6x. The finite
-difference is also what the published results used.
-
-The price is accuracy on piecewise-linear networks: ``-lr * grad_aux <g, v>`` (what ``"exact"`` computes) is the true
-derivative of ``L_val(theta'(aux))``, because ``aux`` enters the loss, not the activations, while the central
-difference differentiates ``grad_aux L_tr`` along ``v`` across the kinks of (Leaky)ReLU units whenever
-``theta +- R v`` moves one across zero, which adds an error that is not ``O(r^2)``: measured relative differences to
-``"exact"`` at ``r = 1e-2`` were 5-7 % on the smallest DynUNet (filters 4-8-8, 8^3 input, float64) and 0.4 % on a
-DynUNet with filters 16-32-64-128 on 32^3 patches (float32); smooth activations give the expected ``O(r^2)`` error
-(``tests/engines/test_lookahead.py``). Use ``method="exact"`` when memory allows.
-
-Batched versus per sample. :func:`lookahead_hypergradient` takes one virtual step on the batch loss (for a mean over
-samples, ``theta' = theta - lr * (1/B) sum_b grad L_tr,b``) and differentiates the batch validation loss, so the
-hypergradient of ``aux_b`` also includes the effect of sample ``b``'s labels on the validation loss of the other
-samples ``b'``. The CoLab authors split the batch into size-1 pieces, each its own virtual step of size ``lr`` on its
-own loss, with its own validation loss (its own patch), and stepped the generator after each piece.
-:func:`per_sample_lookahead_hypergradient` computes those per-sample hypergradients in one call with
-``torch.func.vmap`` (``functional_call`` + ``grad`` inside, checked on a DynUNet with instance normalisation) and
-returns them stacked; their sum is the gradient of one generator step over all pieces (the authors take ``B`` steps).
-To first order in ``lr`` the two differ by the cross-sample terms and by the scale (``1/B^2`` for a batch mean of
-``L_tr`` and ``L_val``); Adam is insensitive to the scale. The batched version is the default of the callers: it is one
-set of passes over the batch, and the cross-sample terms reward context labels that help other patches too. The
-per-sample version is not free: on the CPU benchmark above it took 0.42-0.8 s (finite difference) against 0.32 s
-batched, at 2.4x the vanilla peak memory (``vmap`` runs the convolutions with per-sample weights ``theta +- R_b v_b``
-as grouped convolutions); ``chunk_size`` trades memory for time.
-
-Model state. The closures see ``theta`` as detached working copies (sharing storage with the parameters), so the
-model's parameters, their ``.grad`` and the auxiliary tensors' ``.grad`` are left as they were. Buffers are not
-varied: the closures' ``functional_call`` uses the module's own, and every buffer value (BatchNorm running statistics,
-``num_batches_tracked``) is restored after the call, so the virtual passes do not update them. Every random draw of
-the closures (dropout) starts from the same generator state, so ``theta + R v`` and ``theta - R v`` see the same
-masks (for the per-sample version, dropout is refused by ``vmap``; a deterministic forward is needed).
-
-``torch.func.functional_call`` (torch 2.13, pytorch/pytorch#164759) corrupts modules whose submodules are reachable
-by several paths, as DynUNet's ``skip_layers`` are: after the call the module holds the tensors that were passed in
-instead of its parameters. :func:`functional_forward` avoids it (one name per parameter slot, ``tie_weights=False``),
-and both hypergradient functions put any replaced parameter or buffer of ``model`` back after the closures ran.
-
-Skip signalling: the result says ``skipped=True`` with a ``reason`` (``"nonfinite_train_grad"``, ``"zero_val_grad"``,
-``"nonfinite_val_grad"``, ``"nonfinite_hypergrad"``) when ``grad_theta L_tr`` is not finite, ``v`` is zero or not
-finite, or the hypergradient is not finite; the grads are then zeros, and the caller must skip the optimiser step of
-``aux`` (Adam would still move on its momentum) and log the reason. The authors' safeguard (skip when any parameter
-tensor's ``v`` is exactly zero, except ``1x1x1`` output kernels) is not reproduced: the weights and biases of
-DynUNet's deep-supervision heads always get a zero ``v`` when ``L_val`` uses the first head only, so such a rule
-depends on the architecture.
-
-Usage (CoLab, aux = the generator's soft labels ``q``: the generator runs once, and :func:`apply_hypergradient`
-backpropagates the hypergradient of ``q`` through it)::
+Example (CoLab: ``aux`` is the generator's soft labels ``q``; :func:`apply_hypergradient` backpropagates their
+hypergradient through the generator)::
 
     q = torch.softmax(generator(x), dim=1)
     res = lookahead_hypergradient(
@@ -99,13 +32,6 @@ backpropagates the hypergradient of ``q`` through it)::
         gen_opt.zero_grad()
         apply_hypergradient(q, res.grads)
         gen_opt.step()
-
-For TRA, ``aux`` is the vector of per-sample weights ``w`` (an output of the policy), and the caller subtracts the
-per-group baseline from ``res.grads[0]`` before :func:`apply_hypergradient` (methods.md 3.4).
-
-The differences of the finite-difference method should be taken in float32 or float64: call it outside
-``torch.autocast`` or compute the losses in float32. Pass the plain module (``ddp.module``), not a DDP wrapper; each
-rank computes the hypergradient of its own batch, and the caller all-reduces the auxiliary gradients if needed.
 """
 
 from __future__ import annotations
@@ -149,7 +75,8 @@ class LookaheadResult:
         grads: ``d L_val(theta'(aux)) / d aux``, one tensor per auxiliary tensor, same shapes and dtypes (per-sample
             version: the per-sample hypergradients, stacked on the leading batch dimension); zeros when skipped.
         skipped: ``True`` when the update of ``aux`` must be skipped (every sample skipped, per-sample version).
-        reason: why it was skipped (see the module docstring), ``None`` otherwise.
+        reason: why it was skipped (``"nonfinite_train_grad"``, ``"zero_val_grad"``, ``"nonfinite_val_grad"``,
+            ``"nonfinite_hypergrad"``), ``None`` otherwise.
         train_loss: ``L_tr(theta, aux)``, detached (per-sample version: ``(B,)``).
         val_loss: ``L_val(theta')``, detached (per-sample version: ``(B,)``); ``nan`` when the train gradient was not
             finite.
@@ -375,10 +302,33 @@ def lookahead_hypergradient(
 ) -> LookaheadResult:
     """The one-step look-ahead hypergradient ``d L_val(theta - lr grad_theta L_tr(theta, aux)) / d aux``.
 
-    CoLab (Li et al., IEEE TMI 2023, methods.md 2.4) and JCSAugment TRA (methods.md 3.4), written once (methods.md
-    6.4): a virtual SGD step of the segmenter on the batch loss, the validation loss after it, and the gradient back
-    to the auxiliary tensors, by central finite differences along ``v`` (default) or by double backward. See the module
-    docstring for the choice of method, batched versus per-sample, and the model-state guarantees.
+    CoLab and JCSAugment's training-time policy (Li et al., IEEE TMI 2023, both method sections), written once: a
+    virtual SGD step of the segmenter on the batch loss (``theta' = theta - lr * grad_theta L_tr``), the validation
+    loss after it, and the gradient back to the auxiliary tensors. With a mean over samples the hypergradient of
+    ``aux_b`` includes the effect of sample ``b`` on the other samples' validation loss (the per-sample version,
+    :func:`per_sample_lookahead_hypergradient`, leaves those cross terms out).
+
+    ``method`` computes the mixed second derivative ``-lr * (d^2 L_tr / d aux d theta) v``, ``v = grad L_val(theta')``:
+
+    - ``"finite_difference"`` (the authors' ``hessian_vector_product_Unet``): ``R = r / ||v||``,
+      ``-lr * (grad_aux L_tr(theta + R v) - grad_aux L_tr(theta - R v)) / (2R)``. Ordinary forward/backward passes
+      only, so the peak memory is about a normal training step's; the passes at ``theta +- R v`` differentiate with
+      respect to ``aux`` only. Its error is ``O(r^2)`` for smooth activations, larger on (Leaky)ReLU networks where
+      ``theta +- R v`` crosses activation kinks.
+    - ``"forward_difference"``: ``-lr * (grad_aux L_tr(theta + R v) - grad_aux L_tr(theta)) / R``, with
+      ``grad_aux L_tr(theta)`` taken from the backward pass at ``theta``: one pass fewer, an error first order in
+      ``r`` (hence the ten times smaller default radius).
+    - ``"exact"``: double backward, ``-lr * grad_aux <grad_theta L_tr(theta, aux), v>``: no truncation error, but
+      the first backward pass's graph is kept, which raises the peak memory well above a normal step's.
+
+    The model's parameters, their ``.grad``, the auxiliary tensors' ``.grad`` and every buffer (BatchNorm running
+    statistics) are left as they were, and every closure call starts from the same random state (the same dropout
+    masks). Take the differences in float32 or float64 (call it outside ``torch.autocast``), and pass the plain
+    module, not a DDP wrapper: each rank computes the hypergradient of its own batch. When ``grad_theta L_tr`` is
+    not finite, ``v`` is zero or not finite, or the hypergradient is not finite, the result says ``skipped`` with a
+    ``reason`` and zero ``grads``: the caller must skip the optimizer step of ``aux`` (Adam would still move on its
+    momentum). The authors' extra rule (skip when any parameter's ``v`` is exactly zero) is not used: DynUNet's
+    deep-supervision heads always get a zero ``v`` when ``L_val`` uses the first head only.
 
     Args:
         model: the segmenter (a plain module, not a DDP wrapper).
@@ -493,12 +443,13 @@ def per_sample_lookahead_hypergradient(
     params: Mapping[str, torch.Tensor] | None = None,
     chunk_size: int | None = None,
 ) -> LookaheadResult:
-    """The authors' per-sample look-ahead (CoLab, methods.md 2.4), vectorised with ``torch.func.vmap``.
+    """The CoLab authors' per-sample look-ahead (Li et al., IEEE TMI 2023), vectorised with ``torch.func.vmap``.
 
     For each sample ``b`` on its own: ``theta'_b = theta - lr grad_theta L_tr(theta, aux_b; b)``,
     ``v_b = grad L_val(theta'_b; b)`` and ``-lr (d^2 L_tr / d aux_b d theta) v_b``, by finite differences with
     ``R_b = r / ||v_b||`` or by ``torch.func.vjp`` of ``grad`` (exact). The closures are functional: they receive one
-    sample, without its batch dimension, and call the network on ``x[None]``.
+    sample, without its batch dimension, and call the network on ``x[None]``. The stacked hypergradients sum to the
+    gradient of one auxiliary step over all samples (the authors take one step per sample).
 
     Args:
         model: the segmenter; its norm layers must not update running statistics (instance norm, or eval mode).

@@ -3,8 +3,8 @@
 """Asymmetric mixup for segmentation: mixed inputs, and mixed labels by the rare-label rule.
 
 Li, Kamnitsas, Glocker, "Analyzing overfitting under class imbalance in neural networks for image
-segmentation", IEEE TMI 2021 (reference code: ``mixND_Crossentropy.py`` of the nnU-Net version and
-``cost_functions.py`` of the DeepMedic version), methods.md section 1.5.
+segmentation", IEEE TMI 2021, method section: asymmetric mixup (the authors' nnU-Net ``mixND_Crossentropy.py`` and
+DeepMedic ``cost_functions.py``).
 
 The inputs are mixed as usual, ``x~ = lam * x_a + (1 - lam) * x_b`` with ``lam = Beta(alpha, alpha) * (1 - margin)``
 and, as in nnU-Net, the partner ``x_b`` is the batch in reverse order (``x.flip(0)``). The labels are not soft in the
@@ -19,6 +19,11 @@ asymmetric version: per voxel, with ``R`` the set of rare classes,
 So background + rare gives rare, common + rare gives rare when only that one is rare, two different rare classes are
 dropped, identical labels are kept, and two different common classes are dropped. Symmetric mixup
 (``rare_classes=None``) returns the usual soft labels ``lam * onehot(y_a) + (1 - lam) * onehot(y_b)`` and a full mask.
+
+Example::
+
+    x_mix, target, mask, lam = mixup_batch(x, y, num_classes=3, rare_classes=[2])
+    loss = loss_function(network(x_mix), target, mask=mask)
 """
 
 from __future__ import annotations
@@ -28,15 +33,9 @@ from collections.abc import Sequence
 
 import torch
 
-from monai_imbalance.utils import check_rare_classes
+from monai_imbalance.utils import check_rare_classes, plain_tensor
 
 __all__ = ["mixup_labels", "sample_mixup_lambda", "mixup_images", "mixup_batch"]
-
-
-def _as_plain(t: torch.Tensor) -> torch.Tensor:
-    """Drop a MONAI ``MetaTensor`` wrapper (its metadata is meaningless for mixed or perturbed tensors)."""
-    as_tensor = getattr(t, "as_tensor", None)
-    return as_tensor() if callable(as_tensor) else t
 
 
 def validate_label_map(y: torch.Tensor, num_classes: int, name: str = "y") -> torch.Tensor:
@@ -55,7 +54,7 @@ def validate_label_map(y: torch.Tensor, num_classes: int, name: str = "y") -> to
     """
     if y.ndim < 3 or y.shape[1] != 1:
         raise ValueError(f"{name} must be a label map of shape (B, 1, *spatial), got shape {tuple(y.shape)}.")
-    y = _as_plain(y)
+    y = plain_tensor(y)
     if y.is_floating_point():
         if not torch.equal(y, y.round()):
             raise ValueError(f"{name} must hold integer class labels, got non-integral values.")
@@ -110,7 +109,7 @@ def mixup_labels(
         lam: the mixing weight of ``x_a``, in ``[0, 1]``.
         num_classes: the number of classes ``C`` (including background 0).
         rare_classes: the rare classes, or ``None`` for symmetric (soft-label) mixup.
-        margin: ``m_mix`` in ``[0, 1)``, the margin of the sampled ``lam`` (methods.md 1.5; default 0.2).
+        margin: ``m_mix`` in ``[0, 1)``, the margin of the sampled ``lam`` (default 0.2, the authors').
 
     Returns:
         ``(target, mask)``: ``target`` float32 ``(B, C, *spatial)`` (one-hot or soft), ``mask`` float32
@@ -188,7 +187,7 @@ def mixup_images(x: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
     lam = float(lam)
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got lam={lam!r}.")
-    x = _as_plain(x)
+    x = plain_tensor(x)
     return lam * x + (1.0 - lam) * x.flip(0)
 
 

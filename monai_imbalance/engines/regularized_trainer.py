@@ -3,59 +3,25 @@
 """A ``SupervisedTrainer`` that runs extra regularisation steps (adversarial, mixup) or CoLab's context labels.
 
 The training loop of Li, Kamnitsas, Glocker, "Analyzing overfitting under class imbalance in neural networks for
-image segmentation", IEEE TMI 2021 (nnU-Net ``network_trainer.py::run_iterationRAW``, DeepMedic ``training.py``;
-methods.md 1.8) takes up to three optimizer steps per iteration:
+image segmentation", IEEE TMI 2021 (method section: asymmetric adversarial training and asymmetric mixup; the
+authors' nnU-Net ``network_trainer.py::run_iterationRAW`` and DeepMedic ``training.py``) takes up to three optimizer
+steps per iteration:
 
 1. the normal step on the (augmented) batch with the training loss: exactly :class:`monai.engines.SupervisedTrainer`'s
    step, with its ``IterationEvents``, AMP, ``optim_set_to_none``, metrics, postprocessing and ``loss`` output;
 2. if ``adversarial`` is set: ``r_adv`` of L2 norm ``eps`` per sample in the direction of the input gradient of the
-   loss on rare-class voxels (methods.md 1.4), then a step on ``x + r_adv`` with the full loss;
+   loss on rare-class voxels, then a step on ``x + r_adv`` with the full loss;
 3. if ``mixup`` is set: a step on ``lam * x + (1 - lam) * x.flip(0)`` with the mixed target and loss mask of
-   :func:`~monai_imbalance.engines.mixup_labels` (methods.md 1.5).
+   :func:`~monai_imbalance.engines.mixup_labels`.
 
-Each extra step runs on the same augmented batch as step 1, or on the raw (un-augmented) patch when its config says
-``"raw": true``. Only the loss of step 1 is ``engine.state.output["loss"]`` (what ``StatsHandler`` logs); the extra
-losses are stored under ``"loss_adversarial"`` and ``"loss_mixup"`` (and the mixing weight under ``"mixup_lambda"``).
-The extra steps run after step 1 has fired ``MODEL_COMPLETED`` (so metrics and postprocessing see step 1's
-prediction) and before ``ITERATION_COMPLETED``.
+Each extra step runs on step 1's augmented batch, or on the raw (un-augmented) patch when its config says
+``"raw": true``; the data pipeline then copies the patch after the crop and before the random augmentations with
+``CopyItemsd(keys=["image", "label"], times=1, names=["image_raw", "label_raw"])``. Only step 1's loss is
+``engine.state.output["loss"]``; the extra losses are ``"loss_adversarial"`` and ``"loss_mixup"`` (and the mixing
+weight ``"mixup_lambda"``). The extra steps run after step 1's ``MODEL_COMPLETED`` and before
+``ITERATION_COMPLETED``.
 
-The adversarial direction from step 1's forward pass
-----------------------------------------------------
-The authors compute the direction with a probe: a forward pass at ``x + xi * normalize(d)`` and a backward pass to the
-input (:func:`~monai_imbalance.engines.adversarial_perturbation`). When the adversarial step uses step 1's batch
-(``raw: false``), the trainer can get the gradient without the probe's forward pass (``"reuse_forward": true``, an
-opt-in): step 1's input is made a leaf that requires grad, and between step 1's ``LOSS_COMPLETED`` and its backward
-pass it takes ``torch.autograd.grad(rare_direction_loss(pred), x, retain_graph=True)`` on step 1's own prediction,
-then runs step 1's backward pass and optimizer step unchanged, and later the step on ``x + eps * normalize(grad)``.
-
-Why this is the authors' direction: the probe's offset ``xi * normalize(d)`` (``xi = 1e-5``, unit L2 norm over
-``n ~ 1e5`` voxels) is about ``3e-8`` per voxel, below half the float32 spacing of ``x`` for most voxels of a
-z-normalised image (``x + xi * d == x`` in float32 for ~60 % of the voxels of a 48^3 patch, the others move by an ulp
-or two), so the probe's gradient is the gradient at ``x`` up to float rounding; the tests check that the two
-directions agree (cosine > 0.999) and that the reused one equals an independent gradient at ``x``. The forward pass
-is step 1's, in training mode as the probe's: BatchNorm uses the same batch statistics and updates its running
-statistics once (the probe restores them, so neither path adds an update); dropout uses step 1's mask instead of a
-fresh one. ``torch.autograd.grad`` with respect to the input leaves no gradient in the parameters, so step 1's
-gradients are exactly ``SupervisedTrainer``'s. The cost is one backward pass to the input (no weight gradients)
-instead of a forward plus that backward pass (measured on CPU, DynUNet 16-32-64-128, batch 4 of 48^3: 2.51x the
-vanilla step instead of 2.77x). ``xi`` and ``distribution`` are not used on this path (it is the ``xi -> 0`` limit).
-It is not the default because it differs from the authors' loop in one real way: the direction is computed with the
-weights *before* step 1's optimizer update, while the authors' probe runs after it (one update later). With
-``raw: true`` the direction is at the raw batch, which step 1 never sees, so the probe always runs.
-
-The raw batch
--------------
-The raw patch travels in the batch dictionary under ``raw_image_key`` / ``raw_label_key`` (default ``image_raw`` /
-``label_raw``). The data pipeline copies the patch right after the crop (and pad) and before the random
-augmentations, with MONAI's ``CopyItemsd``::
-
-    {"_target_": "monai.transforms.CopyItemsd", "keys": ["image", "label"], "times": 1,
-     "names": ["image_raw", "label_raw"]}
-
-so the raw patch is the same location as the augmented one, without flips or intensity changes. The default
-``prepare_batch`` ignores the extra keys; the trainer moves them to the device itself when a step asks for them.
-
-Configuration (JSON)::
+Example (JSON)::
 
     "trainer": {
         "_target_": "monai_imbalance.engines.RegularisedSupervisedTrainer",
@@ -82,20 +48,19 @@ from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys as Keys
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_imbalance.utils import check_rare_classes, check_settings
+from monai_imbalance.utils import check_rare_classes, check_settings, highest_resolution, plain_tensor, unwrap_module
 
 from .adversarial import (
     DEFAULT_EPS,
     DEFAULT_XI,
-    _logits_of,
     adversarial_perturbation,
     perturbation_from_gradient,
     rare_direction_loss,
 )
 from .augmentation_policy import AugmentationPolicyLearner
 from .auxiliary_step import average_over_ranks
-from .context_labels import ContextLabelLearner, ContextTargetLoss, LookaheadTrainStep, _unwrap
-from .mixup import _as_plain, mixup_images, mixup_labels, sample_mixup_lambda
+from .context_labels import ContextLabelLearner, ContextTargetLoss, LookaheadTrainStep
+from .mixup import mixup_images, mixup_labels, sample_mixup_lambda
 
 if TYPE_CHECKING:
     from ignite.engine import Events
@@ -118,7 +83,9 @@ def _non_negative(name: str, value: Any, strict: bool = False) -> float:
 
 @dataclass(frozen=True)
 class AdversarialConfig:
-    """Settings of the adversarial step (methods.md 1.4, defaults 1.9).
+    """Settings of the adversarial step (Li, Kamnitsas, Glocker, IEEE TMI 2021: asymmetric adversarial training).
+
+    Defaults are the authors' nnU-Net / DeepMedic settings.
 
     Attributes:
         eps: L2 norm of the perturbation per sample (``>= 0``).
@@ -128,9 +95,13 @@ class AdversarialConfig:
         dice: add nnU-Net's soft Dice on rare voxels to the direction loss (default CE only, as DeepMedic).
         distribution: random start, ``"normal"`` (nnU-Net) or ``"uniform"`` (DeepMedic).
         loss_function: loss of the step on ``x + r_adv``; ``None``: the trainer's ``extra_loss_function``.
-        reuse_forward: take the direction from step 1's forward pass (the gradient at ``x``) instead of a probe
-            forward pass at ``x + xi * d`` (see the module docstring: one update earlier than the authors' probe, about
-            10 % faster); only with ``raw=False``. Default ``False``: the authors' probe.
+        reuse_forward: take the direction from step 1's forward pass instead of a probe forward pass at
+            ``x + xi * d``: ``torch.autograd.grad`` of the rare-voxel loss of step 1's prediction with respect to its
+            input, before step 1's backward pass (which is unchanged). The probe's offset (``xi = 1e-5`` over a unit
+            L2 norm) is below the float32 spacing of most voxels, so its gradient is the gradient at ``x`` up to
+            rounding; the difference from the authors' loop is that the direction uses the weights before step 1's
+            update, not after. ``xi`` and ``distribution`` are unused on this path. Only with ``raw=False``.
+            Default ``False``: the authors' probe.
     """
 
     eps: float = DEFAULT_EPS
@@ -175,7 +146,9 @@ class AdversarialConfig:
 
 @dataclass(frozen=True)
 class MixupConfig:
-    """Settings of the mixup step (methods.md 1.5, defaults 1.9).
+    """Settings of the mixup step (Li, Kamnitsas, Glocker, IEEE TMI 2021: asymmetric mixup).
+
+    Defaults are the authors' nnU-Net settings.
 
     Attributes:
         alpha: Beta concentration (``> 0``; nnU-Net 0.2, DeepMedic 1.0).
@@ -213,7 +186,8 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` with optional adversarial and mixup steps after the normal step (Li et al., TMI 2021).
 
     With ``adversarial=None`` and ``mixup=None`` it is exactly :class:`monai.engines.SupervisedTrainer`. See the module
-    docstring for the steps, the outputs and how the raw batch is wired.
+    docstring for the steps, the outputs and how the raw batch is wired. The trainer moves the raw keys to the device
+    itself when a step asks for them (the default ``prepare_batch`` ignores them).
 
     Args:
         device: the device to run on.
@@ -391,7 +365,7 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
             if self._step_batch is None:
                 raise RuntimeError("step 1 did not fire FORWARD_COMPLETED; the extra steps have no batch.")
             image, label = self._step_batch
-            return _as_plain(image).detach(), _as_plain(label)
+            return plain_tensor(image, detach=True), plain_tensor(label)
         out = []
         for key in (self.raw_image_key, self.raw_label_key):
             if not isinstance(batchdata, Mapping) or key not in batchdata:
@@ -402,7 +376,7 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
                 )
             value = torch.as_tensor(batchdata[key])
             value = value.to(device=engine.state.device, non_blocking=engine.non_blocking, **engine.to_kwargs)
-            out.append(_as_plain(value))
+            out.append(plain_tensor(value))
         return out[0], out[1]
 
     def _amp_context(self, engine: RegularisedSupervisedTrainer) -> contextlib.AbstractContextManager:
@@ -461,7 +435,7 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
 
         def compute_loss() -> torch.Tensor:
             pred = engine.inferer(x_mix, engine.network)
-            num_classes = int(_logits_of(pred, x_mix).shape[1])
+            num_classes = int(highest_resolution(pred, x_mix.ndim).shape[1])
             target, mask = mixup_labels(y, y.flip(0), lam, num_classes, cfg.rare_classes, margin=cfg.margin)
             if cfg.rare_classes is None:
                 return loss_fn(pred, target).mean()
@@ -481,7 +455,7 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         assert cfg is not None
         if not x.requires_grad:
             return None
-        value = rare_direction_loss(pred, x, _as_plain(y), cfg.rare_classes, dice=cfg.dice)
+        value = rare_direction_loss(pred, x, plain_tensor(y), cfg.rare_classes, dice=cfg.dice)
         (grad,) = torch.autograd.grad(value, x, retain_graph=True)
         if engine.amp and not bool(torch.isfinite(grad).all()):
             return None
@@ -580,7 +554,7 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
             ``engine.state.output`` of step 1 (decollated when ``decollate=True``), each item updated with the extra
             losses (and ``mixup_lambda``): detached 0-d tensors, or Python floats when decollated (as ``loss``).
         """
-        # learned augmentation (methods.md 3.6): TRA meta step, then TEA step, before step 1 ({} when disabled)
+        # learned augmentation (JCSAugment's joint schedule): TRA meta step, then TEA step, before step 1 ({} when off)
         policy = {} if self.augmentation_policy is None else self.augmentation_policy.iteration(engine, batchdata)
         if self.context_labels is not None:
             return self._merge_extra(engine, {**policy, **self._context_iteration(engine, batchdata)})
@@ -617,7 +591,7 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        image, label = _as_plain(batch[0]), _as_plain(batch[1])
+        image, label = plain_tensor(batch[0]), plain_tensor(batch[1])
         mask = learner.mask(batchdata, image.device)
         extra: dict[str, Any] = {}
         if learner.is_meta_iteration(engine.state.iteration):
@@ -657,13 +631,13 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
         engine.state.output[Keys.LOSS] = step.loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        params = dict(_unwrap(engine.network).named_parameters())
+        params = dict(unwrap_module(engine.network).named_parameters())
         names = list(step.grads)
         grads = [step.grads[k] for k in names]
         grads = average_over_ranks(grads)
         with torch.no_grad():
             if step.buffers:
-                buffers = dict(_unwrap(engine.network).named_buffers())
+                buffers = dict(unwrap_module(engine.network).named_buffers())
                 for name, value in step.buffers.items():
                     buffers[name].copy_(value)
             for name, grad in zip(names, grads, strict=True):

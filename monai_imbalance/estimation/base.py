@@ -3,8 +3,8 @@
 """The common interface of the performance estimators: ``fit`` on labelled validation logits, ``estimate`` on
 unlabelled logits, and JSON-able fitted parameters.
 
-Reference: Z. Li, K. Kamnitsas, M. Islam, C. Chen, B. Glocker, "Estimating Model Performance under Domain Shifts
-with Class-Specific Confidence Scores", MICCAI 2022 (methods.md section 4).
+Reference: Z. Li, K. Kamnitsas, M. Islam, C. Chen, B. Glocker, "Estimating model performance under domain shifts with
+class-specific confidence scores", MICCAI 2022, method section.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class PerformanceEstimator:
 
     def _set_fitted(self, num_classes: int, params: Mapping[str, Any]) -> None:
         self._num_classes = int(num_classes)
-        self._params = {k: _plain(v, k) for k, v in params.items()}
+        self._params = {k: _json_value(v, k) for k, v in params.items()}
         self._fitted = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,14 +137,14 @@ class PerformanceEstimator:
         return f"{self._name()} [{state}]"
 
 
-def _plain(value: Any, key: str) -> Any:
+def _json_value(value: Any, key: str) -> Any:
     """Floats, ints, strings, bools, None and nested lists / dicts of them (tensors and arrays converted)."""
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, Mapping):
-        return {str(k): _plain(v, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _json_value(v, f"{key}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v, key) for v in value]
+        return [_json_value(v, key) for v in value]
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     if isinstance(value, int):

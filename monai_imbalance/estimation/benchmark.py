@@ -3,15 +3,16 @@
 """The shift benchmark of the performance estimators: every fitted estimator on every simulated shift and severity of
 a labelled test set, plus natural shifts (other sites), against the true Dice -> the MAE table of the paper's Table 1.
 
-Protocol (Li, Kamnitsas, Islam, Chen, Glocker, MICCAI 2022; methods.md 4.1): the estimators are fitted on a labelled
-source-domain validation set (:class:`~monai_imbalance.handlers.PerformanceEstimationHandler` in ``"fit"`` mode);
-a *test condition* is the test set under one corruption type and severity (:mod:`monai_imbalance.data.shifts`,
-inserted after the preprocessing, with a per-case seed) or one natural shift (e.g. the external site, unshifted). For
-each condition, estimator and foreground class, the estimated performance is the mean over cases of the estimated
-Dice, the true performance the mean over cases of the true Dice of the model's argmax prediction (on the network's
-grid), and the error is ``|estimated - true|``; the MAE averages it over the synthetic conditions (and foreground
-classes), over each shift type, and over the natural conditions. The unshifted test set (``identity``) is reported
-separately, not in the synthetic MAE.
+Protocol (Li, Kamnitsas, Islam, Chen, Glocker, "Estimating model performance under domain shifts with class-specific
+confidence scores", MICCAI 2022, experimental set-up and Table 1): the estimators are fitted on a labelled source-domain
+validation set (:class:`~monai_imbalance.handlers.PerformanceEstimationHandler` in ``"fit"`` mode); a *test condition*
+is the test set under one corruption type and severity (:mod:`monai_imbalance.data.shifts`, inserted after the
+preprocessing, with a per-case seed) or one natural shift (e.g. the external site, unshifted). For each condition,
+estimator and foreground class, the estimated performance is the mean over cases of the estimated Dice, the true
+performance the mean over cases of the true Dice of the model's argmax prediction (on the network's grid), and the error
+is ``|estimated - true|``; the MAE averages it over the synthetic conditions (and foreground classes), over each shift
+type, and over the natural conditions. The unshifted test set (``identity``) is reported separately, not in the
+synthetic MAE.
 
 Cost and memory: each case is loaded and preprocessed once; for each condition the shifted image goes through the
 network once and its logits are estimated by every estimator (``estimate_case``) and compared with the label at once,
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from monai_imbalance.utils import highest_resolution, plain_tensor
 
 from .base import PerformanceEstimator
 from .reduction import confusion_counts, dice_from_confusion
@@ -279,10 +282,7 @@ class ShiftBenchmark:
                     out = self.inferer(x, self.network)
             else:
                 out = self.inferer(x, self.network)
-        if isinstance(out, (list, tuple)):
-            out = out[0]
-        out = out.as_tensor() if hasattr(out, "as_tensor") else out
-        return out[0].float()
+        return plain_tensor(highest_resolution(out, x.ndim))[0].float()
 
     def _evaluate(self, z: torch.Tensor, label: torch.Tensor, where: str) -> tuple[dict[str, list[float]], list[float]]:
         c = z.shape[0]
@@ -307,9 +307,8 @@ class ShiftBenchmark:
         image = data[self.image_key]
         meta = getattr(image, "meta", {}) or {}
         name = _case_name(meta.get("filename_or_obj"), f"{split}_{index:04d}")
-        image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-        label = data[self.label_key]
-        label = label.as_tensor() if hasattr(label, "as_tensor") else torch.as_tensor(label)
+        image = plain_tensor(image)
+        label = plain_tensor(data[self.label_key])
         return name, image, label
 
     def run(self) -> dict[str, Any]:

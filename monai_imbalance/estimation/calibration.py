@@ -4,12 +4,13 @@
 channel-first layout; reductions over the few classes are fastest there), vectorised in torch on the logits' device.
 
 - Temperature: ``p = softmax(z / T_{y_hat})`` with ``y_hat = argmax z`` (one ``T`` or one per predicted class); the
-  confidence is ``s = max_c p_c = 1 / sum_k exp((z_k - z_{y_hat}) / T)`` (methods.md 4.1-4.3).
+  confidence is ``s = max_c p_c = 1 / sum_k exp((z_k - z_{y_hat}) / T)`` (Li et al., MICCAI 2022, method section).
 - Vector scaling, VS (Guo et al., ICML 2017): ``z' = W * z + b`` with diagonal ``W``; fitted by the negative
-  log-likelihood (NLL) of the validation labels (methods.md 4.4).
+  log-likelihood (NLL) of the validation labels (a baseline of Li et al., MICCAI 2022).
 - NORCAL (Pan et al., NeurIPS 2021): ``z'_c = z_c - gamma log n_c`` with ``n_c`` the class frequency (counts), the
-  background channel untouched in segmentation, renormalised by the softmax; ``gamma`` fitted by the NLL (methods.md
-  4.4; the NORCAL paper tunes ``gamma`` on held-out data, here the NLL of the labelled validation set).
+  background channel untouched in segmentation, renormalised by the softmax; ``gamma`` fitted by the NLL (a baseline of
+  Li et al., MICCAI 2022; the NORCAL paper tunes ``gamma`` on held-out data, here the NLL of the labelled validation
+  set).
 
 After VS and NORCAL the argmax may move; the estimators then use the calibrated probability *of the model's own
 prediction* ``y_hat = argmax z`` (the prediction whose accuracy / Dice is estimated), not the new maximum.

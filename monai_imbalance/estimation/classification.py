@@ -3,10 +3,10 @@
 """Accuracy estimation for classification from calibrated confidences: AC, TS, VS, NORCAL, DoC, ATC, TS-ATC and the
 class-specific CS-TS, CS-DoC, CS-ATC, CS-TS-ATC.
 
-Reference: Z. Li, K. Kamnitsas, M. Islam, C. Chen, B. Glocker, "Estimating Model Performance under Domain Shifts
-with Class-Specific Confidence Scores", MICCAI 2022, the authors' ``ImbalanceCIFAR10.ipynb`` and MOVAL (methods.md
-4.2). With ``y_hat = argmax z``, ``s_i(T) = max_c softmax(z_i / T)_c`` and ``V_c = {i : y_hat_i = c}`` (validation
-samples *predicted* as ``c``; ``Acc(V_c)`` is the precision of ``c``):
+Reference: Z. Li, K. Kamnitsas, M. Islam, C. Chen, B. Glocker, "Estimating model performance under domain shifts with
+class-specific confidence scores", MICCAI 2022, method section: class-specific confidence scores for classification; the
+authors' ``ImbalanceCIFAR10.ipynb`` and MOVAL). With ``y_hat = argmax z``, ``s_i(T) = max_c softmax(z_i / T)_c`` and
+``V_c = {i : y_hat_i = c}`` (validation samples *predicted* as ``c``; ``Acc(V_c)`` is the precision of ``c``):
 
 =========  ================================================  ==================================================
 method     fit on the validation set                         calibrated score of a test sample ``i``

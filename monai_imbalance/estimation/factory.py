@@ -2,8 +2,8 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """``create_estimator``: any performance estimator by name, for classification or segmentation.
 
-Reference: Z. Li, K. Kamnitsas, M. Islam, C. Chen, B. Glocker, "Estimating Model Performance under Domain Shifts
-with Class-Specific Confidence Scores", MICCAI 2022 (methods.md section 4).
+Reference: Z. Li, K. Kamnitsas, M. Islam, C. Chen, B. Glocker, "Estimating model performance under domain shifts with
+class-specific confidence scores", MICCAI 2022, method section.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
 """QC: a learned quality regressor from prediction features to the metric, the learned baseline of the
-performance-estimation study (Li et al., MICCAI 2022; methods.md 4.4, after the segmentation quality control of
+performance-estimation study (Li et al., MICCAI 2022, the compared baselines; after the segmentation quality control of
 Robinson et al., "Real-time prediction of segmentation quality", MICCAI 2018).
 
 Not in the authors' released code; this is the best-grounded simple form. Features are computed from the logits only

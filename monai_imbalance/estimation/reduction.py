@@ -3,16 +3,16 @@
 """A bounded-memory form of a labelled 3D validation set for fitting the segmentation estimators, and the true Dice
 of a model's own (argmax) prediction.
 
-What the fits need (methods.md 4.3): per case ``n`` and class ``c``, sums over voxels of calibrated probabilities,
-``A_nc = sum_{v: y_hat_v = c} p~_vc`` and ``P_nc = sum_v p~_vc``, the predicted and true voxel counts, and, for the
-voxel-level fits, weighted means of the confidence over the voxels predicted as one class. No spatial structure is
-used, so the set is kept as a flat list of voxels, built one case at a time
+What the fits need (Li et al., MICCAI 2022, the segmentation estimators): per case ``n`` and class ``c``, sums over
+voxels of calibrated probabilities, ``A_nc = sum_{v: y_hat_v = c} p~_vc`` and ``P_nc = sum_v p~_vc``, the predicted and
+true voxel counts, and, for the voxel-level fits, weighted means of the confidence over the voxels predicted as one
+class. No spatial structure is used, so the set is kept as a flat list of voxels, built one case at a time
 (:class:`SegmentationSetReducer`; the full-resolution logits of a case are released once it is added):
 
 - **kept exactly** (their logits, channel-first ``(C, V)``, float32, or float64 when given): every voxel predicted
   as foreground, every voxel labelled foreground, and every voxel whose logit margin ``z_(1) - z_(2)`` (top-1 minus
-  top-2) is below ``keep_margin``. This is the issue's "crop around predicted and true foreground with a margin",
-  with the spatial margin replaced by what it stands for: the uncertain voxels, wherever they are.
+  top-2) is below ``keep_margin``. This replaces a crop around the predicted and true foreground with a spatial margin
+  by what that margin stands for: the uncertain voxels, wherever they are.
 - **counted exactly**: the per-case confusion matrix (predicted x true class) at full resolution, hence the true Dice,
   the accuracies and the predicted / true counts.
 - **represented by a sample**: the remaining voxels (predicted and labelled background, margin ``>= keep_margin``).

@@ -3,9 +3,9 @@
 """Dice estimation for segmentation from calibrated voxel confidences: AC, TS, VS, NORCAL, DoC, ATC, TS-ATC and the
 class-specific CS-TS, CS-DoC, CS-ATC, CS-TS-ATC, for binary and multi-class models.
 
-Reference: Z. Li, K. Kamnitsas, M. Islam, C. Chen, B. Glocker, "Estimating Model Performance under Domain Shifts
-with Class-Specific Confidence Scores", MICCAI 2022, the authors' ``Prostate.ipynb`` (binary) and MOVAL 0.3.25
-(multi-class), methods.md 4.3.
+Reference: Z. Li, K. Kamnitsas, M. Islam, C. Chen, B. Glocker, "Estimating model performance under domain shifts with
+class-specific confidence scores", MICCAI 2022, method section: class-specific confidence scores for segmentation; the
+authors' ``Prostate.ipynb`` (binary) and MOVAL 0.3.25 (multi-class).
 
 The estimated Dice of foreground class ``c`` in case ``n`` is a soft Dice between calibrated probabilities ``p~`` and
 the model's **own hard prediction** ``y_hat = argmax_c z`` (labels are never used by :meth:`estimate`)::

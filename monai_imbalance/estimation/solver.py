@@ -4,7 +4,7 @@
 
 Two solvers, chosen by name:
 
-- ``"nelder-mead"`` (default), the authors' procedure (methods.md 4.1, MOVAL ``solver.py``):
+- ``"nelder-mead"`` (default), the authors' procedure (MOVAL ``solver.py``):
   ``scipy.optimize.minimize(|residual|, x0, method="Nelder-Mead", tol=1e-7)`` with the parameter's bounds, and when
   the best residual is above ``restart_threshold`` (0.01) a restart from each of the parameter's restart points
   (temperatures ``0.1, 0.5, 3, 5, 10`` for classification and ``0.1, 5`` for segmentation; for ATC thresholds the 20,

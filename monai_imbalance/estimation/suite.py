@@ -4,8 +4,8 @@
 (``"cs-ts"`` = class-specific TS), one labelled validation set fitting all of them at bounded memory, and one JSON file
 holding them all.
 
-Reference: Z. Li, K. Kamnitsas, M. Islam, C. Chen, B. Glocker, "Estimating Model Performance under Domain Shifts
-with Class-Specific Confidence Scores", MICCAI 2022 (methods.md section 4; the rows of its Table 1).
+Reference: Z. Li, K. Kamnitsas, M. Islam, C. Chen, B. Glocker, "Estimating model performance under domain shifts with
+class-specific confidence scores", MICCAI 2022 (the rows of its Table 1).
 
 - :data:`ESTIMATOR_SPECS`: the twelve estimators of the study, ``ac``, ``ts``, ``cs-ts``, ``doc``, ``cs-doc``,
   ``atc``, ``cs-atc``, ``ts-atc``, ``cs-ts-atc``, ``vs``, ``norcal``, ``qc``; :func:`parse_estimator_spec` and

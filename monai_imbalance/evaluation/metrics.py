@@ -61,6 +61,8 @@ from monai.metrics import (
 )
 from monai.utils import convert_to_tensor
 
+from monai_imbalance.utils import plain_tensor
+
 __all__ = ["METRIC_NAMES", "COUNT_NAMES", "segmentation_case_metrics"]
 
 #: The metric keys of every class entry, in table order.
@@ -170,9 +172,7 @@ def _to_cpu_tensor(x: Any, name: str) -> torch.Tensor:
     """A plain CPU tensor (MetaTensor metadata dropped) from a tensor, MetaTensor or array."""
     if not isinstance(x, (torch.Tensor, np.ndarray)):
         raise ValueError(f"{name} must be a torch.Tensor, MetaTensor or numpy array, got {type(x).__name__}.")
-    t = convert_to_tensor(x, track_meta=False)
-    t = t.as_tensor() if hasattr(t, "as_tensor") else t
-    t = t.detach().cpu()
+    t = plain_tensor(convert_to_tensor(x, track_meta=False), detach=True).cpu()
     if t.ndim < 2:
         raise ValueError(f"{name} must have at least 2 spatial dimensions, got shape {tuple(t.shape)}.")
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):

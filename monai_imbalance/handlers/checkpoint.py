@@ -30,7 +30,7 @@ import torch
 from monai.handlers import CheckpointLoader
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_imbalance.utils import atomic_open
+from monai_imbalance.utils import atomic_open, unwrap_module
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -63,9 +63,7 @@ def _state_dicts(objects: Mapping[str, Any]) -> dict[str, Any]:
     for name, obj in objects.items():
         if obj is None:
             continue
-        if isinstance(obj, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
-            obj = obj.module
-        out[name] = obj.state_dict()
+        out[name] = unwrap_module(obj).state_dict()
     return out
 
 

@@ -25,6 +25,8 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_imbalance.utils import plain_tensor
+
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
 else:
@@ -34,11 +36,6 @@ else:
 __all__ = ["ContextLabelMontageHandler"]
 
 logger = logging.getLogger(__name__)
-
-
-def _plain(x: Any) -> torch.Tensor:
-    x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-    return x.detach()
 
 
 class ContextLabelMontageHandler:
@@ -106,7 +103,7 @@ class ContextLabelMontageHandler:
         for key in (self.image_key, self.label_key):
             if key not in item:
                 raise KeyError(f"ContextLabelMontageHandler: dataset item {self.index} has no '{key}' key.")
-        return _plain(item[self.image_key]).float(), _plain(item[self.label_key])
+        return plain_tensor(item[self.image_key], detach=True).float(), plain_tensor(item[self.label_key], detach=True)
 
     @torch.no_grad()
     def context_map(self, image: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -126,7 +123,7 @@ class ContextLabelMontageHandler:
             )
         finally:
             self.generator.train(was_training)
-        logits = _plain(logits)[0]
+        logits = plain_tensor(logits, detach=True)[0]
         return logits.argmax(0).cpu(), int(logits.shape[0])
 
     def __call__(self, engine: Engine) -> None:

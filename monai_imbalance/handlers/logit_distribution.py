@@ -2,15 +2,18 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Logit-distribution analysis: where the voxels of each class lie relative to the decision boundary.
 
-Li, Kamnitsas, Glocker, "Analyzing Overfitting Under Class Imbalance in Neural Networks for Image Segmentation",
-IEEE TMI 2021, show that under class imbalance the *test* pre-softmax logits of the rare (overfitted) class drift
-towards and across the decision boundary while those of the background do not, and that the train-test gap of the
-rare class grows as training data shrinks. This module measures that, for any model and any bundle:
+Li, Kamnitsas, Glocker, "Analyzing Overfitting Under Class Imbalance in Neural Networks for Image Segmentation", IEEE
+TMI 2021 (analysis of the logit distributions), show that under class imbalance the *test* pre-softmax logits of the
+rare (overfitted) class drift towards and across the decision boundary while those of the background do not, and that
+the train-test gap of the rare class grows as training data shrinks. This module measures that, for any model and any
+bundle:
 
 - :func:`logit_margins` is the per-voxel margin of the ground-truth class, ``m = z_y - max_{k != y} z_k`` (binary:
   ``z_fg - z_bg`` for foreground voxels and ``z_bg - z_fg`` for background voxels); ``m < 0`` means misclassified.
   Output channels ``>= num_classes`` (CoLab's extra context channels) count as background: they are folded into
-  channel 0 by a maximum.
+  channel 0 by :func:`~monai_imbalance.networks.fold_context_channels` with ``reduction="max"``, so that ``m < 0``
+  exactly where the paper's CoLab label rule (``argmax`` over all ``K`` channels, context mapped to background)
+  misclassifies the voxel; the exact probability rule (``logsumexp``) would shift background margins.
 - :class:`LogitMarginSampler` keeps a class-balanced, bounded, uniform sample of those margins from a stream of
   batches (vectorised reservoir sampling by random keys, with its own ``torch.Generator``): at most ``capacity``
   voxels per class whatever the data size, so memory stays flat.
@@ -39,7 +42,8 @@ import numpy as np
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_imbalance.utils import atomic_write_bytes
+from monai_imbalance.networks.context_channels import fold_context_channels
+from monai_imbalance.utils import atomic_write_bytes, highest_resolution, plain_tensor
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -60,28 +64,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _plain(x: Any) -> torch.Tensor:
-    """A plain detached ``torch.Tensor`` view of ``x`` (a ``MetaTensor`` would collate its meta data on indexing)."""
-    x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-    return x.detach()
-
-
-def _fold_context(logits: torch.Tensor, num_classes: int, dim: int) -> torch.Tensor:
-    """Fold channels ``>= num_classes`` of ``logits`` into channel 0 by a maximum (a new tensor, never in place)."""
-    k = logits.shape[dim]
-    if k < num_classes:
-        raise ValueError(f"logits have {k} channels, fewer than num_classes={num_classes}.")
-    if k == num_classes:
-        return logits
-    background = torch.amax(
-        torch.cat([logits.narrow(dim, 0, 1), logits.narrow(dim, num_classes, k - num_classes)], dim), dim, True
-    )
-    return torch.cat([background, logits.narrow(dim, 1, num_classes - 1)], dim)
-
-
 def _label_index(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Class index per voxel, ``(B, *spatial)`` long, from a ``(B, 1, *spatial)`` map or a ``(B, C, ...)`` one-hot."""
-    label = _plain(label)
+    label = plain_tensor(label, detach=True)
     if label.ndim < 2:
         raise ValueError(f"label must be (B, 1, *spatial) or (B, C, *spatial), got shape {tuple(label.shape)}.")
     if label.shape[1] == 1:
@@ -92,22 +77,13 @@ def _label_index(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     raise ValueError(f"label has {label.shape[1]} channels; expected 1 (class indices) or {num_classes} (one-hot).")
 
 
-def _raw_logits(pred: Any, label: torch.Tensor) -> torch.Tensor:
-    """The full-resolution logits ``(B, K, *spatial)`` from a network output (deep supervision: the first head)."""
-    if isinstance(pred, (list, tuple)):
-        pred = pred[0]
-    pred = _plain(pred)
-    if pred.ndim == label.ndim + 1:  # DynUNet deep supervision in training: (B, heads, K, *spatial)
-        pred = pred[:, 0]
-    return pred
-
-
 def logit_margins(logits: torch.Tensor, label: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
     """Margin of the ground-truth class at every voxel: ``m_i = z_{i,y_i} - max_{k != y_i} z_{i,k}``.
 
     Args:
         logits: raw (pre-softmax) network output, ``(B, K, *spatial)``, ``K >= num_classes``; channels
-            ``>= num_classes`` are context channels and count as background (folded into channel 0 by max).
+            ``>= num_classes`` are context channels and count as background (folded into channel 0 by max, see
+            the module docstring).
         label: ``(B, 1, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot, on the logits' grid.
         num_classes: number of classes ``C`` including background; default ``K``.
 
@@ -116,9 +92,9 @@ def logit_margins(logits: torch.Tensor, label: torch.Tensor, num_classes: int | 
         ``nan``.
     """
     with torch.no_grad():
-        logits = _plain(logits)
+        logits = plain_tensor(logits, detach=True)
         num_classes = int(logits.shape[1] if num_classes is None else num_classes)
-        z = _fold_context(logits.float(), num_classes, 1)
+        z = fold_context_channels(logits.float(), num_classes, reduction="max")
         y = _label_index(label, num_classes).to(z.device)
         valid = (y >= 0) & (y < num_classes)
         own = z.gather(1, y.clamp(0, num_classes - 1).unsqueeze(1))
@@ -194,8 +170,8 @@ class LogitMarginSampler:
             label: ``(B, 1, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot; other values are ignored.
         """
         with torch.no_grad():
-            label = _plain(label)
-            logits = _raw_logits(logits, label)
+            label = plain_tensor(label, detach=True)
+            logits = plain_tensor(highest_resolution(logits, label.ndim), detach=True)
             b, k = logits.shape[:2]
             flat = logits.reshape(b, k, -1)
             n = flat.shape[2]
@@ -225,7 +201,7 @@ class LogitMarginSampler:
                     index, new_keys = index[enter], new_keys[enter]
                     if self._sizes[c]:
                         self._compact_below(c)
-                z = _fold_context(flat[index // n, :, index % n].float(), c_all, 1)  # (M, C): entering voxels only
+                z = fold_context_channels(flat[index // n, :, index % n].float(), c_all, reduction="max")  # (M, C)
                 margin = z[:, c] - torch.cat([z[:, :c], z[:, c + 1 :]], 1).amax(1)
                 self._keys[c].append(new_keys.cpu())
                 self._values[c].append(margin.cpu())

@@ -3,10 +3,10 @@
 """Performance estimation in MONAI engines: fit the estimators on a labelled validation run, estimate the per-class
 Dice of the model's own prediction on unlabelled data, case by case.
 
-Li, Kamnitsas, Islam, Chen, Glocker, "Estimating Model Performance under Domain Shifts with Class-Specific Confidence
-Scores", MICCAI 2022 (methods.md section 4): the estimators (:mod:`monai_imbalance.estimation`) are calibrated on a
-labelled source-domain validation set and tell, without labels, how good a segmentation is on a target domain (a new
-scanner or site). :class:`PerformanceEstimationHandler` does this inside ignite runs, in one of three modes:
+Li, Kamnitsas, Islam, Chen, Glocker, "Estimating model performance under domain shifts with class-specific confidence
+scores", MICCAI 2022, method section: the estimators (:mod:`monai_imbalance.estimation`) are calibrated on a labelled
+source-domain validation set and tell, without labels, how good a segmentation is on a target domain (a new scanner or
+site). :class:`PerformanceEstimationHandler` does this inside ignite runs, in one of three modes:
 
 - ``"track"`` (attached to a trainer): in every ``interval``-th epoch it collects the raw logits of the validation
   evaluator's run (attach it after ``ValidationHandler``), fits the estimators at the end of the epoch, runs the
@@ -20,10 +20,11 @@ scanner or site). :class:`PerformanceEstimationHandler` does this inside ignite 
   ``<file_prefix>.json`` / ``.csv`` (case ids from the images' file names).
 
 Logits are read at ``IterationEvents.FORWARD_COMPLETED`` (MONAI runs the postprocessing later, at ``MODEL_COMPLETED``;
-for a sliding-window evaluator these are the whole-volume logits ``(B, C, *spatial)``) and reduced or estimated at
-once, one case at a time: the fit keeps a :class:`~monai_imbalance.estimation.SegmentationFitSet` (bounded memory),
-estimation keeps a few numbers per case. Output channels beyond ``num_classes`` (CoLab's context channels) are merged
-into the background by ``logsumexp`` (their softmax probabilities add up).
+for a sliding-window evaluator these are the whole-volume logits ``(B, C, *spatial)``) and reduced or estimated at once,
+one case at a time: the fit keeps a :class:`~monai_imbalance.estimation.SegmentationFitSet` (bounded memory), estimation
+keeps a few numbers per case. Output channels beyond ``num_classes`` (CoLab's context channels) are merged into the
+background by :func:`~monai_imbalance.networks.fold_context_channels` (``logsumexp``: their softmax probabilities add
+up, exactly).
 
 Files (JSON and CSV, written atomically): per case and target, the estimated Dice of each foreground class for every
 estimator and the true Dice when labelled; the means over cases (``case = "mean"``) and, when every case of a target
@@ -55,7 +56,8 @@ from monai_imbalance.estimation import (
     load_estimators,
     save_estimators,
 )
-from monai_imbalance.utils import atomic_write_text
+from monai_imbalance.networks.context_channels import fold_context_channels
+from monai_imbalance.utils import atomic_write_text, highest_resolution, plain_tensor
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -72,11 +74,6 @@ CSV_FIELDS: tuple[str, ...] = ("target", "case", "estimator", "class", "estimate
 logger = logging.getLogger(__name__)
 
 
-def _plain(x: Any) -> torch.Tensor:
-    x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-    return x.detach()
-
-
 def _case_name(path: Any, default: str) -> str:
     """``/a/b/case_003.nii.gz`` -> ``case_003``; ``default`` when there is no usable name."""
     if not isinstance(path, (str, os.PathLike)) or not str(path):
@@ -86,18 +83,6 @@ def _case_name(path: Any, default: str) -> str:
         if name.lower().endswith(ext):
             return name[: -len(ext)] or default
     return name
-
-
-def _fold_channels(logits: torch.Tensor, num_classes: int | None) -> torch.Tensor:
-    """``(B, K, *S)`` -> ``(B, C, *S)``: channels ``>= C`` merged into channel 0 by ``logsumexp``."""
-    k = logits.shape[1]
-    if num_classes is None or k == num_classes:
-        return logits
-    if k < num_classes:
-        raise ValueError(f"the logits have {k} channels, fewer than num_classes={num_classes}.")
-    extra = logits.narrow(1, num_classes, k - num_classes)
-    background = torch.logsumexp(torch.cat([logits.narrow(1, 0, 1), extra], 1), 1, keepdim=True)
-    return torch.cat([background, logits.narrow(1, 1, num_classes - 1)], 1)
 
 
 def _class_names(class_names: Mapping[Any, str] | Sequence[str] | None, num_classes: int) -> list[str]:
@@ -376,10 +361,9 @@ class PerformanceEstimationHandler:
         output = engine.state.output
         if not isinstance(output, Mapping) or self.pred_key not in output:
             raise KeyError(f"{type(self).__name__}: engine.state.output has no {self.pred_key!r} at FORWARD_COMPLETED.")
-        pred = output[self.pred_key]
-        if isinstance(pred, (list, tuple)):
-            pred = pred[0]
-        logits = _fold_channels(_plain(pred), self.num_classes)
+        logits = plain_tensor(highest_resolution(output[self.pred_key]), detach=True)
+        if self.num_classes is not None:
+            logits = fold_context_channels(logits, self.num_classes)  # exact: context probabilities add up
         if logits.ndim < 3:
             raise ValueError(f"{type(self).__name__}: logits must be (B, C, *spatial), got {tuple(logits.shape)}.")
         batch = engine.state.batch if isinstance(engine.state.batch, Mapping) else {}
@@ -393,7 +377,7 @@ class PerformanceEstimationHandler:
             )
         labels = None
         if label is not None:
-            label = _plain(label)
+            label = plain_tensor(label, detach=True)
             b, c = logits.shape[:2]
             if label.ndim == logits.ndim and label.shape[1] == 1:
                 labels = label[:, 0]

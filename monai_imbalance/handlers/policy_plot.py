@@ -2,10 +2,10 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """An ignite handler that records the augmentation policies' probabilities every epoch and plots their evolution.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md 3.2-3.5): the learned class-specific policies are the thing to watch while
-JCSAugment trains (does the foreground policy apply stronger transformations than the background one?). At the end
-of every epoch :class:`PolicyPlotHandler`
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (method section: the class-specific policies): the learned class-specific policies are the
+thing to watch while JCSAugment trains (does the foreground policy apply stronger transformations than the background
+one?). At the end of every epoch :class:`PolicyPlotHandler`
 
 1. records each class group's probabilities ``P^G_o`` of every operation and bin (and, with a test-time policy, the
    probability of every test-time transform) into :attr:`PolicyPlotHandler.history`;

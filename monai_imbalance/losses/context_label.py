@@ -2,9 +2,9 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Context-label targets and losses of CoLab (context label learning).
 
-Li, Kamnitsas, Ouyang, Chen, Glocker, "Context Label Learning: Improving Background Class Representations in Semantic
-Segmentation", IEEE TMI 2023 (methods.md 2.2-2.4; the authors' ``common.py::calculate_loss`` and
-``calcualte_loss_val``):
+Li, Kamnitsas, Ouyang, Chen, Glocker, "Context label learning: improving background class representations in semantic
+segmentation", IEEE TMI 2023 (method section: context labels, the segmenter's loss and the meta-objective; the authors'
+``common.py::calculate_loss`` and ``calcualte_loss_val``):
 
 - :func:`compose_context_target`: generator probabilities ``q`` (``t`` channels) + ground truth (``C`` classes)
   + optional distance mask ``M`` -> the ``K = C + t - 1`` channel soft target ``y_hat``.
@@ -30,6 +30,7 @@ from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
 from monai_imbalance.networks.context_channels import check_num_classes, check_num_context
+from monai_imbalance.utils import highest_resolution
 
 from .utils import check_input, check_nonnegative, check_reduction, prepare_target
 
@@ -86,7 +87,7 @@ def compose_context_target(
     distance_mask: torch.Tensor | None = None,
     check_probs: bool = True,
 ) -> torch.Tensor:
-    """Compose the ``K = C + t - 1`` channel soft target of CoLab (methods.md 2.2).
+    """Compose the ``K = C + t - 1`` channel soft target of CoLab (its context labels).
 
     With ``q = softmax(g_phi(x))`` (``t`` channels) and the labels ``y`` (``C`` classes)::
 
@@ -197,7 +198,7 @@ def context_targets_for_scales(
     scale_shapes: Sequence[Sequence[int]],
     distance_mask: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """One composed target per deep-supervision scale, as the authors' nnU-Net code builds them (methods.md 2.2-2.3).
+    """One composed target per deep-supervision scale, as the authors' nnU-Net code builds them.
 
     At each scale the labels are resized by nearest neighbour (``"nearest-exact"``, as
     :class:`monai.losses.DeepSupervisionLoss`), the generator probabilities are average-pooled (rows still sum to 1)
@@ -272,7 +273,7 @@ def deep_supervision_weights(num_scales: int, drop_lowest: bool = True) -> list[
 
 
 class ContextLabelLoss(_Loss):
-    """Soft-target cross-entropy + soft Dice over the ``K = C + t - 1`` channels of a CoLab segmenter (methods.md 2.3).
+    """Soft-target cross-entropy + soft Dice over the ``K = C + t - 1`` channels of a CoLab segmenter.
 
     For each deep-supervision scale ``s`` with logits ``z`` and soft target ``y`` (both ``(B, K, *spatial)``),
     per sample ``b``::
@@ -450,7 +451,7 @@ def context_foreground_bce(
     eps: float = 1e-6,
     reduction: LossReduction | str = LossReduction.MEAN,
 ) -> torch.Tensor:
-    """CoLab's meta-objective: BCE of the foreground channels, softmax over all ``K`` channels (methods.md 2.4).
+    """CoLab's meta-objective: BCE of the foreground channels, softmax over all ``K`` channels.
 
     ::
 
@@ -478,8 +479,7 @@ def context_foreground_bce(
     c = check_num_classes(num_classes, name)
     eps = check_nonnegative(eps, "eps", name)
     red = check_reduction(reduction, name)
-    if logits.ndim == label.ndim + 1:
-        logits = logits[:, 0]
+    logits = highest_resolution(logits, label.ndim)
     k = check_input(logits, name)
     if k < c:
         raise ValueError(f"{name}: logits have K={k} channels, fewer than num_classes={c}.")

@@ -2,9 +2,9 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """The CoLab context-label generator ``g_phi`` (a MONAI DynUNet with ``t`` outputs) and the segmenter/generator check.
 
-Li, Kamnitsas, Ouyang, Chen, Glocker, "Context Label Learning: Improving Background Class Representations in Semantic
-Segmentation", IEEE TMI 2023 (methods.md 2.1): the task generator has the segmenter's architecture (nnU-Net v1
-``Generic_UNet``, reproduced by :class:`monai.networks.nets.DynUNet`) with ``t`` output channels and no deep
+Li, Kamnitsas, Ouyang, Chen, Glocker, "Context label learning: improving background class representations in semantic
+segmentation", IEEE TMI 2023 (method section: the task generator): the task generator has the segmenter's architecture
+(nnU-Net v1 ``Generic_UNet``, reproduced by :class:`monai.networks.nets.DynUNet`) with ``t`` output channels and no deep
 supervision; ``softmax(g_phi(x))`` over its ``t`` channels gives the soft context labels of every voxel. The segmenter
 ``f_theta`` has ``K = C + t - 1`` outputs (:func:`~monai_imbalance.networks.context_channels`) and deep supervision.
 """
@@ -83,13 +83,13 @@ def context_generator_like(segmenter: DynUNet, num_context: int, width: float = 
     The architecture arguments are read from the segmenter's attributes (``spatial_dims``, ``in_channels``,
     ``kernel_size``, ``strides``, ``upsample_kernel_size``, ``filters``, ``dropout``, ``norm_name``, ``act_name``,
     residual blocks, ``trans_bias``); the output has ``t`` channels and no deep supervision. The weights are freshly
-    initialised (the generator is trained from scratch, methods.md 2.5).
+    initialised (the generator is trained from scratch, as the authors do).
 
     Args:
         segmenter: the built segmenter.
         num_context: ``t >= 1``.
         width: a factor on the segmenter's filters (rounded, at least 1 each). 1 (default) is the paper's set-up,
-            both networks with the same architecture (methods.md 2.1); a smaller generator (0.5: about a quarter of
+            both networks with the same architecture; a smaller generator (0.5: about a quarter of
             the segmenter's convolution cost; the bundle's ``colab_t2_fast`` takes 0.25) is a departure from the
             paper that lowers CoLab's cost per iteration.
 

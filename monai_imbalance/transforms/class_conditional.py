@@ -2,10 +2,10 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Class-conditional (asymmetric) data augmentation.
 
-Li, Kamnitsas, Glocker, "Analyzing overfitting under class imbalance in neural networks for image segmentation",
-IEEE TMI 2021 (methods.md 1.6): with few data and a small foreground class, the network overfits the rare class.
-Augmenting every patch that is centred on a rare (foreground) class, while augmenting background-centred patches
-only with probability ``p_bg``, spends the augmentation where it regularises the rare class.
+Li, Kamnitsas, Glocker, "Analyzing overfitting under class imbalance in neural networks for image segmentation", IEEE
+TMI 2021 (method section: asymmetric augmentation): with few data and a small foreground class, the network overfits the
+rare class. Augmenting every patch that is centred on a rare (foreground) class, while augmenting background-centred
+patches only with probability ``p_bg``, spends the augmentation where it regularises the rare class.
 
 The decision needs the class each patch was sampled for. In DeepMedic (Kamnitsas et al., "Efficient multi-scale
 3D CNN with fully connected CRF for accurate brain lesion segmentation", Medical Image Analysis 2017) segments are
@@ -270,7 +270,7 @@ def _as_class_index(value: Any, key: Hashable) -> int:
 class ClassConditionalAugmentd(RandomizableTransform, MapTransform):
     """Apply an augmentation always to rare-class-centred patches, to the others with ``prob_background``.
 
-    Asymmetric augmentation of Li, Kamnitsas, Glocker (IEEE TMI 2021), methods.md 1.6:
+    Asymmetric augmentation of Li, Kamnitsas, Glocker (IEEE TMI 2021, method section):
     ``augment = (patch class is rare) or U < prob_background`` with ``U ~ U(0, 1)``, decided per patch from the class
     its centre was sampled for (written by :class:`RandCropByLabelClassesWithCentreClassd`), as in the authors'
     DeepMedic (Kamnitsas et al. 2017) fork, which decides from the sampling category.

@@ -2,9 +2,10 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Context-label transforms of CoLab: distance mask, baseline context labels, the K-channel target, inference collapse.
 
-Li, Kamnitsas, Ouyang, Chen, Glocker, "Context Label Learning: Improving Background Class Representations in Semantic
-Segmentation", IEEE TMI 2023 (methods.md 2.2, 2.6, 2.7). A CoLab segmenter has ``K = C + t - 1`` output channels
-``[ctx_0, FG_1 .. FG_{C-1}, ctx_1 .. ctx_{t-1}]``: the background is split into ``t`` context classes.
+Li, Kamnitsas, Ouyang, Chen, Glocker, "Context label learning: improving background class representations in semantic
+segmentation", IEEE TMI 2023 (method section: context labels, inference, and the baselines of the experiments). A CoLab
+segmenter has ``K = C + t - 1`` output channels ``[ctx_0, FG_1 .. FG_{C-1}, ctx_1 .. ctx_{t-1}]``: the background is
+split into ``t`` context classes.
 
 Training-side dict transforms (computed on the whole image, before patch extraction; the outputs carry the label's
 meta data, so list them with ``image`` / ``label`` in the crop and flip transforms):
@@ -42,7 +43,7 @@ from monai_imbalance.losses.context_label import context_label_target
 from monai_imbalance.networks.context_channels import (
     check_num_classes,
     check_num_context,
-    context_channel_indices,
+    fold_context_channels,
 )
 
 __all__ = [
@@ -113,7 +114,7 @@ def context_distance_mask(
     spacing: Sequence[float] | float | None = None,
     on_empty: str = "zero",
 ) -> NdarrayOrTensor:
-    """CoLab's distance restriction ``M = min(1, exp((tau_sub - D) / tau_dev))`` (methods.md 2.2, ``--distdetach``).
+    """CoLab's distance restriction ``M = min(1, exp((tau_sub - D) / tau_dev))`` (the authors' ``--distdetach``).
 
     ``D`` is the Euclidean distance of every voxel to the nearest foreground voxel (the union of all classes ``> 0``;
     ``D = 0`` on the foreground, so ``M = 1`` there), computed with :func:`scipy.ndimage.distance_transform_edt` in
@@ -225,7 +226,7 @@ def kmeans_context_labels(
     max_samples: int = 100_000,
     tol: float = 1e-6,
 ) -> NdarrayOrTensor:
-    """The k-means context baseline (methods.md 2.7a): ``k = t`` clusters of the background intensities.
+    """The k-means context baseline of CoLab's experiments: ``k = t`` clusters of the background intensities.
 
     Background voxels (``label == 0``, inside ``roi`` when given) are clustered by their intensity vector (all image
     channels) with Lloyd's k-means (numpy; no scikit-learn needed). The fit is deterministic: at most
@@ -355,7 +356,7 @@ class KMeansContextLabelsd(_ContextMapTransformd):
 def dilated_ring_context_labels(
     label: NdarrayOrTensor, num_context: int, ring_width: int = 1, connectivity: int = 1
 ) -> NdarrayOrTensor:
-    """The dilated-mask context baseline (methods.md 2.7b): rings of successive dilations of the foreground.
+    """The dilated-mask context baseline of CoLab's experiments: rings of successive dilations of the foreground.
 
     With ``F_0`` the foreground (all classes ``> 0``) and ``F_i`` = ``F_{i-1}`` dilated ``ring_width`` times
     (:func:`scipy.ndimage.binary_dilation`, structuring element of the given ``connectivity``: 1 = face neighbours,
@@ -453,7 +454,7 @@ def _value_map(mapping: Mapping[Any, Any] | None, what: str, name: str, minimum:
 
 
 class RemapContextLabelsd(_ContextMapTransformd):
-    """Human-defined context: split a dataset label into foreground classes and a context map (methods.md 2.5).
+    """Human-defined context (CoLab): split a dataset label into foreground classes and a context map.
 
     The authors' ``--manuallabel`` mode treats an anatomy mask as extra context class (e.g. KiTS / LiTS: label 1
     = organ, 2 = tumour -> foreground ``{2: 1}``, context ``{1: 1}``). The label under ``keys`` is replaced by the
@@ -570,7 +571,10 @@ COLLAPSE_OUTPUTS = ("label", "probs", "logits", "max")
 
 
 class CollapseContextChannels(Transform):
-    """Collapse a CoLab segmenter's ``K = C + t - 1`` channels to the ``C`` original classes (methods.md 2.6).
+    """Collapse a CoLab segmenter's ``K = C + t - 1`` channels to the ``C`` original classes (CoLab's inference).
+
+    The continuous outputs use :func:`~monai_imbalance.networks.fold_context_channels` (``"probs"``: ``"sum"``,
+    ``"logits"``: ``"logsumexp"``, ``"max"``: ``"max"``).
 
     Channel layout ``[ctx_0, FG_1 .. FG_{C-1}, ctx_1 .. ctx_{t-1}]``. Three outputs:
 
@@ -642,21 +646,19 @@ class CollapseContextChannels(Transform):
                 f"{name}: expected a channel-first (K, *spatial) input with K = C + t - 1 = {k} channels "
                 f"(num_classes={c}, num_context={t}), got shape {tuple(x.shape)}."
             )
-        context = context_channel_indices(c, t)
         if self.output == "label":
             idx = torch.argmax(x, dim=0, keepdim=True)
             out = torch.where(idx >= c, torch.zeros_like(idx), idx).to(self.dtype)
         else:
             if not x.is_floating_point():
                 x = x.float()
-            ctx = x[context]
             if self.output == "max":
-                out = torch.cat([torch.amax(ctx, dim=0, keepdim=True), x[1:c]], dim=0)
+                out = fold_context_channels(x, c, dim=0, reduction="max")
             elif self.output == "logits":
-                out = torch.cat([torch.logsumexp(ctx, dim=0, keepdim=True), x[1:c]], dim=0)
+                out = fold_context_channels(x, c, dim=0, reduction="logsumexp")
             else:
                 p = torch.softmax(x, dim=0) if self.softmax else x
-                out = torch.cat([p[context].sum(dim=0, keepdim=True), p[1:c]], dim=0)
+                out = fold_context_channels(p, c, dim=0, reduction="sum")
         result, *_ = convert_to_dst_type(out, img, dtype=out.dtype)
         return result
 

@@ -2,10 +2,10 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Policy-driven augmentation of a training patch in a loader worker, recording the sampled bins for the meta step.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md 3.2-3.4). :class:`PolicyAugmentd` runs in the ``DataLoader`` workers, after
-:class:`~monai_imbalance.transforms.RandCropByLabelClassesWithCentreClassd` (which records the class each patch's
-centre was sampled for, ``"patch_class"``):
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (method section: the class-specific training-time policy). :class:`PolicyAugmentd` runs in
+the ``DataLoader`` workers, after :class:`~monai_imbalance.transforms.RandCropByLabelClassesWithCentreClassd` (which
+records the class each patch's centre was sampled for, ``"patch_class"``):
 
 1. the patch's class group is looked up (background- vs foreground-centred by default);
 2. one bin per operation is drawn from that group's **current** probabilities, read from a
@@ -45,6 +45,7 @@ from monai.transforms import MapTransform, Randomizable
 from monai.utils import ensure_tuple
 
 from monai_imbalance.augment import SharedPolicyProbabilities
+from monai_imbalance.utils import plain_tensor
 
 from .class_conditional import DEFAULT_CLASS_KEY, _as_class_index
 
@@ -157,7 +158,7 @@ class PolicyAugmentd(Randomizable, MapTransform):
         self.randomize(group)
         for key in self.key_iterator(d):
             src = d[key]
-            x = torch.as_tensor(src.as_tensor() if isinstance(src, MetaTensor) else src)
+            x = plain_tensor(src)
             if key in self.label_keys:
                 out = self.pool.apply_label(x, self._values, self.spatial_size)
             else:

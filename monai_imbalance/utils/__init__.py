@@ -1,6 +1,11 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
-"""Small shared utilities."""
+"""Small shared utilities: atomic file writes, settings and class checks, and tensor helpers.
+
+- :func:`plain_tensor`: a plain ``torch.Tensor`` from a ``MetaTensor``, tensor or array.
+- :func:`unwrap_module`: the module inside ``DistributedDataParallel`` / ``DataParallel``.
+- :func:`highest_resolution`: the full-resolution logits of a network output (DynUNet's stacked deep supervision).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from .atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from .classes import check_rare_classes
 from .names import index_by_name
 from .settings import check_settings
+from .tensors import highest_resolution, plain_tensor, unwrap_module
 
 __all__ = [
     "atomic_open",
@@ -15,5 +21,8 @@ __all__ = [
     "atomic_write_text",
     "check_rare_classes",
     "check_settings",
+    "highest_resolution",
     "index_by_name",
+    "plain_tensor",
+    "unwrap_module",
 ]

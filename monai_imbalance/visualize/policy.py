@@ -2,11 +2,12 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """The evolution of learned augmentation policies over training: one panel per class group, one line per operation.
 
-Li, Kamnitsas, Dou, Qin, Glocker, "Joint Optimization of Class-Specific Training- and Test-Time Data Augmentation in
-Segmentation", IEEE TMI 2023 (methods.md 3.2-3.3, 3.5): the paper's point is that the learned foreground policy
-applies stronger transformations than the background one. The figure shows, for each class group (e.g. background-
-and foreground-centred patches), the probability that each operation is applied, ``1 - P^G_o(identity)``, against
-the epoch; optionally a last panel with the probabilities of selected test-time transforms (e.g. the current top K).
+Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data augmentation in
+segmentation", IEEE TMI 2023 (experiments on the learned policies): the paper's point is that the learned foreground
+policy applies stronger transformations than the background one. The figure shows, for each class group (e.g.
+background- and foreground-centred patches), the probability that each operation is applied, ``1 - P^G_o(identity)``,
+against the epoch; optionally a last panel with the probabilities of selected test-time transforms (e.g. the current top
+K).
 """
 
 from __future__ import annotations

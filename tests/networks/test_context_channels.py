@@ -52,3 +52,31 @@ def test_bad_index_helpers():
         foreground_channel_indices(1)
     with pytest.raises(ValueError, match="context_class=-1"):
         context_channel(-1, 3)
+
+
+def test_fold_context_channels_is_exact_for_logits_and_probabilities():
+    import torch
+
+    from monai_imbalance.networks import fold_context_channels
+
+    c, t = 3, 3
+    logits = torch.randn(2, c + t - 1, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    probs = torch.softmax(logits, 1)
+    ctx = context_channel_indices(c, t)
+    expected = torch.cat([probs[:, ctx].sum(1, keepdim=True), probs[:, 1:c]], 1)
+    folded = fold_context_channels(logits, c)
+    assert folded.shape == (2, c, 4, 5)
+    torch.testing.assert_close(torch.softmax(folded, 1), expected)
+    torch.testing.assert_close(fold_context_channels(probs, c, reduction="sum"), expected)
+    # max: channel 0 is the best context logit; its argmax is the paper's label rule
+    best = fold_context_channels(logits, c, reduction="max")
+    assert torch.equal(best[:, 0], logits[:, ctx].amax(1)) and torch.equal(best[:, 1:], logits[:, 1:c])
+    rule = logits.argmax(1)
+    assert torch.equal(best.argmax(1), torch.where(rule >= c, torch.zeros_like(rule), rule))
+    # channel-first (K, *spatial) along dim 0; nothing to fold returns the input
+    torch.testing.assert_close(fold_context_channels(logits[0], c, dim=0), folded[0])
+    assert fold_context_channels(folded, c) is folded
+    with pytest.raises(ValueError, match="fewer than num_classes"):
+        fold_context_channels(logits, 6)
+    with pytest.raises(ValueError, match="reduction"):
+        fold_context_channels(logits, c, reduction="mean")
