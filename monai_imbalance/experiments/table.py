@@ -360,7 +360,13 @@ def run_table(
         args = (split, class_index, overrides)
         threads = max(1, (os.cpu_count() or 1) // jobs)  # the cores shared out among the cells side by side
         failures = _run_cells(
-            bundle, cells, todo, out, jobs, args, {"preset": preset, "stamp": cell_stamp, "threads": threads},
+            bundle,
+            cells,
+            todo,
+            out,
+            jobs,
+            args,
+            {"preset": preset, "stamp": cell_stamp, "threads": threads},
             commit_results,
         )
     results = finished()
