@@ -47,7 +47,7 @@ from typing import Any
 from monai_imbalance.utils import atomic_write_text
 
 from .markdown import format_table
-from .provenance import now, run_stamp
+from .provenance import git_state, now, run_stamp
 from .results import cell_name, check_settings, committed_cell, csv_text, write_results_dir
 from .statistics import METRICS, VANILLA, summary_rows
 
@@ -329,7 +329,12 @@ def run_table(
         "dirty": stamp["dirty"],
         "machine": stamp["machine"],
     }
-    cell_stamp = {"commit": stamp["commit"], "dirty": stamp["dirty"], "machine": stamp["machine"]["name"]}
+
+    def cell_stamp() -> dict[str, Any]:
+        """The commit and dirty flag when a cell starts: its processes import the working tree of that moment."""
+        commit, dirty = git_state(bundle, [results_dir] if results_dir is not None else [])
+        return {"commit": commit, "dirty": dirty, "machine": stamp["machine"]["name"]}
+
     cells: list[Cell] = [(v, float(f), s) for f in fractions for v in variants for s in seeds]
     lock = threading.Lock()
 
@@ -366,7 +371,8 @@ def run_table(
             out,
             jobs,
             args,
-            {"preset": preset, "stamp": cell_stamp, "threads": threads},
+            {"preset": preset, "threads": threads},
+            cell_stamp,
             commit_results,
         )
     results = finished()
@@ -392,10 +398,11 @@ def _run_cells(
     jobs: int,
     args: tuple[str, int | None, Sequence[str]],
     kwargs: dict[str, Any],
+    stamp: Callable[[], dict[str, Any]],
     on_finished: Callable[[], None],
 ) -> dict[Cell, str]:
-    """Run the ``todo`` cells, ``jobs`` at a time, printing progress and calling ``on_finished`` after each
-    finished cell; return ``{cell: error message}``."""
+    """Run the ``todo`` cells, ``jobs`` at a time, stamped by ``stamp()`` when each starts, printing progress and
+    calling ``on_finished`` after each finished cell; return ``{cell: error message}``."""
     for k, cell in enumerate(cells, start=1):
         if cell not in todo:
             print(f"cell {k}/{len(cells)}: {_label(cell)} (done)", flush=True)
@@ -412,7 +419,7 @@ def _run_cells(
             print(f"cell {k}/{len(cells)}: {_label(cell)}{eta}", flush=True)
         start = time.time()
         try:
-            run_cell(bundle, cell[0], cell[1], out, cell[2], *args, **kwargs)
+            run_cell(bundle, cell[0], cell[1], out, cell[2], *args, stamp=stamp(), **kwargs)
             on_finished()
         except (RuntimeError, OSError, ValueError) as e:
             with lock:

@@ -135,3 +135,24 @@ def test_cell_runs_get_their_share_of_the_cores_unless_the_environment_sets_it(t
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     _run(show, tmp_path / "b.log", threads=3)
     assert (tmp_path / "b.log").read_text().strip() == "5"
+
+
+def test_each_cell_is_stamped_with_the_commit_of_its_start(tmp_path, monkeypatch):
+    """A commit landing while a table runs: the later cells record it (their processes import that working tree)."""
+    import monai_imbalance.experiments.table as table_module
+
+    commits = iter([("c1", False), ("c2", True)])
+    monkeypatch.setattr(table_module, "git_state", lambda *a, **k: next(commits))
+    seen = []
+
+    def fake_run_cell(bundle, variant, fraction, out, seed, split, class_index, overrides, stamp=None, **kwargs):
+        seen.append((variant, stamp["commit"], stamp["dirty"]))
+        folder = cell_dir(out, variant, fraction, seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        result = {**_result(variant, fraction, 0.5), **stamp}
+        (folder / "result.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(table_module, "run_cell", fake_run_cell)
+    run_table(BUNDLE, ["vanilla", "ce"], [0.1], tmp_path / "table")
+    assert seen == [("vanilla", "c1", False), ("ce", "c2", True)]
