@@ -18,11 +18,13 @@ from .logit_distribution import (
 from .performance_estimation import ESTIMATION_MODES, PerformanceEstimationHandler, format_estimates, write_estimates
 from .policy_plot import PolicyPlotHandler
 from .segmentation_report import SegmentationReportHandler
+from .validation import FinalEpochValidationHandler
 
 __all__ = [
     "BestModelSaver",
     "ContextLabelMontageHandler",
     "ESTIMATION_MODES",
+    "FinalEpochValidationHandler",
     "LatestCheckpointSaver",
     "LogitDistributionHandler",
     "LogitMarginSampler",

@@ -183,3 +183,10 @@ def test_unknown_class_in_the_view_is_named(tmp_path, bundle):
     assert any(
         isinstance(c, DataValidationError) and "'tumour' is not a class of the dataset" in str(c) for c in causes
     )
+
+
+def test_a_run_shorter_than_the_validation_interval_still_leaves_model_pt(dataset, tmp_path, bundle):
+    """--epochs 1 with val_interval 5: the last epoch validates, so evaluation, inference and export find model.pt."""
+    wf = bundle.run(["train.json"], dataset, tmp_path, epochs=1, val_interval=5)
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert wf.parser.get_parsed_content("validate#evaluator").state.epoch == 1
