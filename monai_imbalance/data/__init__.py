@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from .builtin import TASKS, PrepareError, prepare_dataset, synthesize_case
 from .datalist import (
+    INFERENCE_EXTENSIONS,
     SPLITS,
     holdout_split,
     load_datalist,
     load_evaluation_datalist,
+    load_inference_datalist,
     load_labels,
     training_subset,
 )
@@ -37,6 +39,8 @@ __all__ = [
     "SHIFTS",
     "SHIFT_SEVERITIES",
     "SPLITS",
+    "INFERENCE_EXTENSIONS",
+    "load_inference_datalist",
     "TASKS",
     "ChecksumError",
     "Lesion",

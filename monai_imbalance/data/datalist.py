@@ -29,7 +29,16 @@ import numpy as np
 
 from .validation import DataValidationError, check_datalist_files, read_dataset_json
 
-__all__ = ["load_datalist", "load_evaluation_datalist", "training_subset", "holdout_split", "load_labels", "SPLITS"]
+__all__ = [
+    "load_datalist",
+    "load_evaluation_datalist",
+    "load_inference_datalist",
+    "training_subset",
+    "holdout_split",
+    "load_labels",
+    "SPLITS",
+    "INFERENCE_EXTENSIONS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -189,3 +198,36 @@ def load_evaluation_datalist(
     if not datalist:
         raise DataValidationError(f"'{available['_path']}' has none of the splits {list(splits)} to evaluate.")
     return datalist
+
+
+#: The image files the bundles' inference reads from a folder (MONAI's NIfTI reader, nibabel).
+INFERENCE_EXTENSIONS = (".nii", ".nii.gz")
+
+
+def load_inference_datalist(
+    input_dir: str | os.PathLike, extensions: Sequence[str] = INFERENCE_EXTENSIONS
+) -> list[dict[str, str]]:
+    """The images of a folder to segment, as a datalist ``[{"image": path}, ...]`` sorted by file name.
+
+    Args:
+        input_dir: the folder (not searched recursively).
+        extensions: the file name endings read, e.g. ``(".nii", ".nii.gz")``.
+
+    Raises:
+        DataValidationError: the folder does not exist, is not a folder, or holds no file with one of the
+            ``extensions`` (the message names the folder, the extensions read and a few of the files it holds).
+    """
+    folder = os.fspath(input_dir)
+    wanted = ", ".join(f"*{e}" for e in extensions)
+    if not os.path.exists(folder):
+        raise DataValidationError(f"input folder '{folder}' does not exist (inference reads {wanted}).")
+    if not os.path.isdir(folder):
+        raise DataValidationError(f"input folder '{folder}' is not a folder (inference reads {wanted} in a folder).")
+    names = sorted(os.listdir(folder))
+    images = [n for n in names if n.endswith(tuple(extensions)) and os.path.isfile(os.path.join(folder, n))]
+    if not images:
+        held = f"it holds {len(names)} other entries, e.g. {', '.join(names[:3])}" if names else "it is empty"
+        raise DataValidationError(
+            f"input folder '{folder}' has no images to segment: inference reads {wanted}; {held}."
+        )
+    return [{"image": os.path.abspath(os.path.join(folder, n))} for n in images]

@@ -12,6 +12,7 @@ from monai_imbalance.data import (
     holdout_split,
     load_datalist,
     load_evaluation_datalist,
+    load_inference_datalist,
     load_labels,
     make_phantom_dataset,
     training_subset,
@@ -119,3 +120,29 @@ def test_unknown_split_and_missing_dataset(tmp_path):
     root = make_phantom_dataset(tmp_path / "d", num_training=2, num_validation=1, shape=(10, 10, 10))
     with pytest.raises(DataValidationError, match="unknown split"):
         load_datalist(root, "train")
+
+
+def test_inference_datalist_reads_the_nifti_files_of_a_folder(tmp_path):
+    for name in ("b.nii.gz", "a.nii", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub.nii.gz").mkdir()  # a folder named like an image is not one
+    assert load_inference_datalist(tmp_path) == [{"image": str(tmp_path / n)} for n in ("a.nii", "b.nii.gz")]
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        (None, r"input folder '.*missing' does not exist \(inference reads \*\.nii, \*\.nii\.gz\)"),
+        ([], r"has no images to segment: inference reads \*\.nii, \*\.nii\.gz; it is empty"),
+        (["a.nrrd", "b.nrrd"], r"has no images to segment: .* it holds 2 other entries, e.g. a\.nrrd, b\.nrrd"),
+    ],
+)
+def test_inference_input_problems_are_named_in_one_line(tmp_path, files, message):
+    folder = tmp_path / "missing"
+    if files is not None:
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_bytes(b"")
+    with pytest.raises(DataValidationError, match=message) as info:
+        load_inference_datalist(folder)
+    assert "\n" not in str(info.value)
