@@ -224,9 +224,9 @@ class ValidateSegmentationPaird(MapTransform):
     Place it after ``LoadImaged`` and ``EnsureChannelFirstd`` (inputs ``(C, *spatial)`` and ``(1, *spatial)``),
     before any resampling, in the cached deterministic transforms.
 
-    Checks: the label has the image's spatial shape and affine; label values are integers in ``labels``; the image
-    has no NaN or infinite value; the label has some foreground (an empty label logs a warning, or raises when
-    ``allow_empty_foreground=False``).
+    Checks: the image has the bundle's number of spatial dimensions (``spatial_dims``); the label has the image's
+    spatial shape and affine; label values are integers in ``labels``; the image has no NaN or infinite value; the
+    label has some foreground (an empty label logs a warning, or raises when ``allow_empty_foreground=False``).
 
     Args:
         keys: the image key(s) to check for finite values.
@@ -234,6 +234,8 @@ class ValidateSegmentationPaird(MapTransform):
         labels: the declared label indices (e.g. the ``labels`` of ``dataset.json``, a mapping or a sequence of
             indices), or the number of classes ``C`` for ``0..C-1``.
         allow_empty_foreground: whether a label without foreground is allowed (warned about) or an error.
+        spatial_dims: the spatial dimensions the network takes (3 for the bundles' 3D DynUNet); an image with
+            another number (a 2D PNG given to a 3D bundle) is an error naming the file. ``None``: not checked.
         allow_missing_keys: as for :class:`monai.transforms.MapTransform`.
     """
 
@@ -243,10 +245,12 @@ class ValidateSegmentationPaird(MapTransform):
         label_key: str = "label",
         labels: Mapping[Any, Any] | Sequence[int] | int = 2,
         allow_empty_foreground: bool = True,
+        spatial_dims: int | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_key = label_key
+        self.spatial_dims = spatial_dims
         if isinstance(labels, int):
             allowed: Iterable[Any] = range(labels)
         elif isinstance(labels, Mapping):
@@ -263,6 +267,11 @@ class ValidateSegmentationPaird(MapTransform):
         for key in self.key_iterator(d):
             image = d[key]
             image_name = _name_of(image, f"key '{key}'")
+            if self.spatial_dims is not None and image.ndim - 1 != self.spatial_dims:
+                raise DataValidationError(
+                    f"image '{image_name}' has {image.ndim - 1} spatial dimension(s) (shape {tuple(image.shape)} with "
+                    f"the channel first), this bundle's network takes {self.spatial_dims}D images."
+                )
             values = torch.as_tensor(image)
             if not torch.isfinite(values).all():
                 n_bad = int((~torch.isfinite(values)).sum())

@@ -7,6 +7,7 @@ Tiny phantoms (32^3), a tiny DynUNet and 16^3 patches keep each run to seconds o
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -190,3 +191,28 @@ def test_a_run_shorter_than_the_validation_interval_still_leaves_model_pt(datase
     wf = bundle.run(["train.json"], dataset, tmp_path, epochs=1, val_interval=5)
     assert (tmp_path / "models" / "model.pt").is_file()
     assert wf.parser.get_parsed_content("validate#evaluator").state.epoch == 1
+
+
+def test_a_2d_dataset_given_to_the_3d_bundle_names_the_file(tmp_path, bundle):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    entries = []
+    for i in range(3):
+        label = np.zeros((32, 32), np.uint8)
+        label[8:16, 8:16] = 1
+        Image.fromarray((label * 200 + i).astype(np.uint8)).save(data / "images" / f"case_{i}.png")
+        Image.fromarray(label).save(data / "labels" / f"case_{i}.png")
+        entries.append({"image": f"images/case_{i}.png", "label": f"labels/case_{i}.png"})
+    dataset = {"labels": {"0": "background", "1": "square"}, "training": entries[:2], "validation": entries[2:]}
+    (data / "dataset.json").write_text(json.dumps(dataset))
+    with pytest.raises(Exception) as info:
+        bundle.run(["train.json"], data, tmp_path / "bundle", epochs=1)
+    causes, e = [], info.value
+    while e is not None:
+        causes.append(e)
+        e = e.__cause__
+    message = next(str(c) for c in causes if isinstance(c, DataValidationError))
+    assert "case_" in message and ".png' has 2 spatial dimension(s)" in message and "takes 3D images" in message

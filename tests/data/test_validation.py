@@ -140,3 +140,20 @@ def test_error_surfaces_through_a_monai_pipeline(root):
     with pytest.raises(RuntimeError) as err:
         pipeline({"image": image, "label": label})
     assert isinstance(err.value.__cause__, DataValidationError) and "lab.nii.gz" in str(err.value.__cause__)
+
+
+def test_a_2d_image_given_to_a_3d_bundle_is_named(root, tmp_path):
+    from PIL import Image
+
+    image, label = tmp_path / "slice.png", tmp_path / "slice_seg.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 12), dtype=np.uint8)).save(image)
+    Image.fromarray(np.zeros((16, 12), dtype=np.uint8)).save(label)
+    load = LoadImaged(keys=["image", "label"], ensure_channel_first=True, image_only=True)
+    check = ValidateSegmentationPaird(keys="image", labels=2, spatial_dims=3)
+    with pytest.raises(DataValidationError, match=r"image '.*slice\.png' has 2 spatial dimension\(s\) .* takes 3D"):
+        check(load({"image": str(image), "label": str(label)}))
+    ValidateSegmentationPaird(keys="image", labels=2, spatial_dims=2)(load({"image": str(image), "label": str(label)}))
+    entry = load_datalist(root, "training")[0]  # a 3D case passes the 3D check
+    ValidateSegmentationPaird(keys="image", labels=3, spatial_dims=3)(
+        load({"image": entry["image"], "label": entry["label"]})
+    )
