@@ -8,6 +8,7 @@ Tiny phantoms (32^3), a tiny DynUNet and 16^3 patches keep each run to seconds o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -59,7 +60,8 @@ def test_train_writes_best_and_latest_checkpoints(trained):
     best = torch.load(root / "models" / "model.pt", weights_only=True)
     assert set(best) == set(wf.parser.get_parsed_content("network_def").state_dict())  # a bare state dict
     assert 0.0 <= latest["best"]["best_metric"] <= 1.0 and latest["best"]["best_epoch"] in (1, 2)
-    assert any(p.name.startswith("events.out.tfevents") for p in (root / "eval" / "tensorboard").iterdir())
+    runs = list((root / "eval" / "tensorboard").iterdir())  # one folder per run
+    assert len(runs) == 1 and any(p.name.startswith("events.out.tfevents") for p in runs[0].iterdir())
     assert not list((root / "models").glob(".*tmp*"))  # atomic writes leave no temporary file
 
 
@@ -216,3 +218,13 @@ def test_a_2d_dataset_given_to_the_3d_bundle_names_the_file(tmp_path, bundle):
         e = e.__cause__
     message = next(str(c) for c in causes if isinstance(c, DataValidationError))
     assert "case_" in message and ".png' has 2 spatial dimension(s)" in message and "takes 3D images" in message
+
+
+def test_each_run_logs_to_its_own_tensorboard_folder_and_prints_the_loss(dataset, tmp_path, bundle, caplog):
+    with caplog.at_level(logging.INFO):
+        bundle.run(["train.json"], dataset, tmp_path, epochs=1, log_interval=1)
+    time.sleep(1.1)  # run folders are named by the second the run started
+    bundle.run(["train.json"], dataset, tmp_path, epochs=2, resume=True)
+    runs = sorted((tmp_path / "eval" / "tensorboard").iterdir())
+    assert len(runs) == 2 and all(any(r.glob("events.out.tfevents*")) for r in runs)
+    assert "Iter: 1/2 -- train_loss:" in caplog.text and "Iter: 2/2 -- train_loss:" in caplog.text
