@@ -162,7 +162,7 @@ def write_results_dir(
     provenance = {
         **{k: settings.get(k) for k in FIXED_SETTINGS},
         "variants": _union(old.get("variants", []), settings.get("variants", [])),
-        "fractions": _union(old.get("fractions", []), [float(f) for f in settings.get("fractions", [])]),
+        "fractions": sorted(set(old.get("fractions", [])) | {float(f) for f in settings.get("fractions", [])}),
         "seeds": sorted(set(old.get("seeds", [])) | {int(s) for s in settings.get("seeds", [])}),
         "overrides": list(settings.get("overrides", ())),
         **{k: latest.get(k) for k in ("command", "commit", "dirty", "machine")},
@@ -185,9 +185,11 @@ def _seconds(cell: Mapping[str, Any]) -> float:
 
 
 def _axes(cells: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) -> tuple[list, list, list]:
-    """Variants, fractions and seeds of the table: the recorded ones, then any other of the cells."""
+    """Variants (the recorded ones, then any other of the cells), fractions (ascending) and seeds of the table."""
     variants = _union(provenance.get("variants", []), [c["variant"] for c in cells])
-    fractions = _union([float(f) for f in provenance.get("fractions", [])], [float(c["fraction"]) for c in cells])
+    fractions = sorted(
+        set(_union([float(f) for f in provenance.get("fractions", [])], [float(c["fraction"]) for c in cells]))
+    )
     seeds = sorted(set(provenance.get("seeds", [])) | {int(c["seed"]) for c in cells})
     return variants, fractions, seeds
 

@@ -202,3 +202,11 @@ def test_readme_tables_match_committed_results():
                 f"{readme}: block results:{name} is stale; run python -m monai_imbalance.experiments render "
                 f"--results results/{name} --readme {readme.relative_to(REPO)} --marker {name}"
             )
+
+
+def test_fractions_are_tabulated_in_ascending_order_across_runs():
+    """Runs that added fractions in another order (0.05 and 1 first, then 0.1-0.5) still give ascending columns."""
+    from monai_imbalance.experiments.results import _axes
+
+    cells = [{"variant": "vanilla", "fraction": 0.5, "seed": 0}]
+    assert _axes(cells, {"fractions": [0.05, 1.0, 0.1]})[1] == [0.05, 0.1, 0.5, 1.0]
