@@ -141,6 +141,7 @@ class TaskSpec:
 _CAUDATE_PUTAMEN = {71: "Caudate_L", 72: "Caudate_R", 73: "Putamen_L", 74: "Putamen_R"}
 _PALLIDUM = {75: "Pallidum_L", 76: "Pallidum_R"}
 _THALAMUS = {77: "Thalamus_L", 78: "Thalamus_R"}
+_DEEP_GREY_MATTER = {**_CAUDATE_PUTAMEN, **_PALLIDUM, **_THALAMUS}
 _COMMON_DESCRIPTION = (
     "Pseudo-subjects made from ONE real brain: the Colin27 T1 average (ch2, 1 mm) and its AAL parcellation, under "
     "random smooth elastic + affine deformations applied jointly to image and label, plus random gamma, bias "
@@ -153,7 +154,7 @@ TASKS: dict[str, TaskSpec] = {
     "deep_grey_matter": TaskSpec(
         name="deep_grey_matter",
         labels={0: "background", 1: "deep_grey_matter"},
-        aal_regions={1: {**_CAUDATE_PUTAMEN, **_PALLIDUM, **_THALAMUS}},
+        aal_regions={1: _DEEP_GREY_MATTER},
         external_tissue={1: (4,)},
         description=_COMMON_DESCRIPTION
         + " Label: AAL caudate, putamen, pallidum and thalamus (left and right) = deep grey matter. External test: "
@@ -182,7 +183,7 @@ TASKS: dict[str, TaskSpec] = {
     "brain_lesion": TaskSpec(
         name="brain_lesion",
         labels={0: "background", 1: "deep_grey_matter", 2: "lesion"},
-        aal_regions={1: {**_CAUDATE_PUTAMEN, **_PALLIDUM, **_THALAMUS}},
+        aal_regions={1: _DEEP_GREY_MATTER},
         external_tissue={1: (4,)},
         description=_COMMON_DESCRIPTION
         + " Labels: 1 = AAL caudate, putamen, pallidum and thalamus (left and right) = deep grey matter, the organ; "

@@ -34,6 +34,15 @@ def _epoch(checkpoint: dict) -> int:
 CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "asymmetric_segmentation" / "configs"
 
 
+def _causes(error: BaseException | None) -> list[BaseException]:
+    """``error`` and its chain of ``__cause__`` (MONAI's config parser wraps the errors it evaluates)."""
+    out = []
+    while error is not None:
+        out.append(error)
+        error = error.__cause__
+    return out
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), num_training=4, num_validation=2, seed=1)
@@ -179,10 +188,7 @@ def test_unknown_class_in_the_view_is_named(tmp_path, bundle):
     data = make_phantom_dataset(tmp_path / "data", num_training=2, num_validation=1, seed=5)
     with pytest.raises(Exception) as info:
         bundle.run(["train.json"], data, tmp_path / "bundle", epochs=1, classes=["tumour"])
-    causes, e = [], info.value
-    while e is not None:
-        causes.append(e)
-        e = e.__cause__
+    causes = _causes(info.value)
     assert any(
         isinstance(c, DataValidationError) and "'tumour' is not a class of the dataset" in str(c) for c in causes
     )
@@ -212,10 +218,7 @@ def test_a_2d_dataset_given_to_the_3d_bundle_names_the_file(tmp_path, bundle):
     (data / "dataset.json").write_text(json.dumps(dataset))
     with pytest.raises(Exception) as info:
         bundle.run(["train.json"], data, tmp_path / "bundle", epochs=1)
-    causes, e = [], info.value
-    while e is not None:
-        causes.append(e)
-        e = e.__cause__
+    causes = _causes(info.value)
     message = next(str(c) for c in causes if isinstance(c, DataValidationError))
     assert "case_" in message and ".png' has 2 spatial dimension(s)" in message and "takes 3D images" in message
 
