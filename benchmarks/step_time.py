@@ -14,7 +14,7 @@ What it measures, on the exact objects a bundle config builds (network, loss, op
 Each variant is measured in a fresh process, so its peak memory is its own.
 
 Each row is a variant (an override file under ``bundles/<name>/configs/variants/``, or the path of any JSON override
-file, e.g. one that sets ``train#trainer#context_labels#reuse_lookahead_gradient``; or the vanilla train.json); the
+file, e.g. one that sets ``context_learner#reuse_lookahead_gradient``; or the vanilla train.json); the
 ``ratio`` column compares each one with vanilla measured in the same run.
 
 Amortised cost of periodic steps (CoLab's meta step every ``meta_interval`` iterations): the trainer's iteration
@@ -107,13 +107,10 @@ def time_loader(parser: ConfigParser, batches: int) -> float:
 
 def _meta_steps(trainer: object) -> int | None:
     """CoLab's meta steps, or learned augmentation's TRA plus TEA steps, taken so far (``None``: neither)."""
-    learner = getattr(trainer, "context_labels", None)
-    if learner is not None:
-        return learner.steps
-    learner = getattr(trainer, "augmentation_policy", None)
-    if learner is not None:
-        return learner.steps + learner.test_time_steps
-    return None
+    learner = getattr(getattr(trainer, "_process_function", None), "learner", None)  # the method's iteration_update
+    if learner is None:
+        return None
+    return learner.steps + getattr(learner, "test_time_steps", 0)
 
 
 def time_step(

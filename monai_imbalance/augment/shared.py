@@ -49,6 +49,9 @@ __all__ = ["SharedPolicyProbabilities"]
 class SharedPolicyProbabilities:
     """The probabilities of an :class:`~monai_imbalance.augment.AugmentationPolicy` in shared memory.
 
+    The table follows the policy's parameters: :meth:`update` after each policy step, and by itself whenever the
+    policy's ``load_state_dict`` runs (a checkpoint loaded on resume), before any loader worker draws from it.
+
     Args:
         policy: the policy whose pool, groups and current probabilities are shared.
 
@@ -66,6 +69,7 @@ class SharedPolicyProbabilities:
         self._table = torch.zeros(len(self.groups), int(self._offsets[-1]), dtype=torch.float32).share_memory_()
         self._version = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.update(policy)
+        policy.register_load_state_dict_post_hook(self._after_load)
 
     # the table is shared by design: a copied transform must keep reading it
     def __copy__(self) -> SharedPolicyProbabilities:
@@ -95,6 +99,10 @@ class SharedPolicyProbabilities:
         self._version += 1  # odd: writing
         self._table.copy_(probs)
         self._version += 1  # even: consistent
+
+    def _after_load(self, policy: AugmentationPolicy, incompatible_keys: Any) -> None:
+        """``load_state_dict`` post-hook of the policy: share the loaded probabilities."""
+        self.update(policy)
 
     def read(self, group: int, max_tries: int = 10000) -> np.ndarray:
         """A consistent copy of one group's probabilities, ``(sum_o K_o,)`` float64.

@@ -1,20 +1,24 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
-"""Engines: a ``SupervisedTrainer`` with extra regularisation steps, and the steps' building blocks.
+"""Engines: one trainer or iteration hook per method, and the look-ahead they share.
 
-- :func:`adversarial_perturbation`, :func:`mixup_labels` (and :func:`sample_mixup_lambda`, :func:`mixup_images`,
-  :func:`mixup_batch`): asymmetric adversarial training and asymmetric mixup (Li, Kamnitsas, Glocker, "Analyzing
-  overfitting under class imbalance in neural networks for image segmentation", IEEE TMI 2021, method section).
-- :class:`RegularisedSupervisedTrainer`: the normal step, then optional adversarial and mixup steps, each on the
-  augmented or the raw batch; with ``context_labels`` (:class:`ContextLabelLearner`), CoLab's context targets and
-  the generator's meta step (Li et al., "Context label learning: improving background class representations in
-  semantic segmentation", IEEE TMI 2023, method section), or the baselines' fixed context maps; with
-  ``augmentation_policy`` (:class:`AugmentationPolicyLearner`), learned augmentation: the TRA meta step, the TEA step
-  and their joint schedule (Li et al., "Joint optimization of class-specific training- and test-time data
-  augmentation in segmentation", IEEE TMI 2023, method section).
+- :class:`RegularisedSupervisedTrainer` (and :func:`adversarial_perturbation`, :func:`mixup_labels`,
+  :func:`sample_mixup_lambda`, :func:`mixup_images`, :func:`mixup_batch`): asymmetric adversarial training and
+  asymmetric mixup as extra steps after the normal step (Li, Kamnitsas, Glocker, "Analyzing overfitting under class
+  imbalance in neural networks for image segmentation", IEEE TMI 2021, method section).
+- :class:`ContextLabelIteration`, :class:`ContextLabelLearner`, :class:`ContextTargetLoss`: CoLab's context targets
+  and the generator's meta step, or the baselines' fixed context maps (Li et al., "Context label learning: improving
+  background class representations in semantic segmentation", IEEE TMI 2023, method section).
+- :class:`AugmentationPolicyIteration`, :class:`AugmentationPolicyLearner`: learned augmentation, the TRA meta step,
+  the TEA step and their joint schedule (Li et al., "Joint optimization of class-specific training- and test-time
+  data augmentation in segmentation", IEEE TMI 2023, method section).
 - :func:`lookahead_hypergradient` (and :func:`per_sample_lookahead_hypergradient`, :func:`apply_hypergradient`,
-  :func:`functional_forward`): the one-step look-ahead hypergradient shared by CoLab and learned augmentation.
-- :func:`highest_resolution`: the full-resolution logits of a network output (DynUNet deep supervision).
+  :func:`functional_forward`, :func:`step_from_lookahead`): the one-step look-ahead shared by CoLab and learned
+  augmentation.
+
+The CoLab and learned-augmentation hooks are a trainer's ``iteration_update`` (MONAI's way to plug a method into
+``SupervisedTrainer``): each runs its meta step and then ``engine._iteration``, so they compose with the adversarial
+and mixup steps of :class:`RegularisedSupervisedTrainer` where the methods allow it.
 """
 
 from __future__ import annotations
@@ -22,29 +26,42 @@ from __future__ import annotations
 from monai_imbalance.utils import highest_resolution
 
 from .adversarial import adversarial_perturbation, normalize_per_sample
-from .augmentation_policy import AugmentationPolicyLearner, foreground_dice_loss, per_sample_ce_dice
-from .context_labels import ContextLabelLearner, ContextTargetLoss
+from .augmentation_policy import (
+    AugmentationPolicyIteration,
+    AugmentationPolicyLearner,
+    foreground_dice_loss,
+    per_sample_ce_dice,
+)
+from .context_labels import ContextLabelIteration, ContextLabelLearner, ContextTargetLoss
 from .lookahead import (
     DEFAULT_RADIUS,
     LOOKAHEAD_METHODS,
     LookaheadResult,
+    LookaheadTrainPass,
+    LookaheadTrainStep,
     apply_hypergradient,
     check_lookahead_settings,
     functional_forward,
     lookahead_hypergradient,
+    lookahead_step_blockers,
     per_sample_lookahead_hypergradient,
+    step_from_lookahead,
 )
 from .mixup import mixup_batch, mixup_images, mixup_labels, sample_mixup_lambda
 from .regularized_trainer import AdversarialConfig, MixupConfig, RegularisedSupervisedTrainer
 
 __all__ = [
     "AdversarialConfig",
+    "AugmentationPolicyIteration",
     "AugmentationPolicyLearner",
+    "ContextLabelIteration",
     "ContextLabelLearner",
     "ContextTargetLoss",
     "DEFAULT_RADIUS",
     "LOOKAHEAD_METHODS",
     "LookaheadResult",
+    "LookaheadTrainPass",
+    "LookaheadTrainStep",
     "MixupConfig",
     "RegularisedSupervisedTrainer",
     "adversarial_perturbation",
@@ -54,6 +71,7 @@ __all__ = [
     "functional_forward",
     "highest_resolution",
     "lookahead_hypergradient",
+    "lookahead_step_blockers",
     "mixup_batch",
     "mixup_images",
     "mixup_labels",
@@ -61,4 +79,5 @@ __all__ = [
     "per_sample_ce_dice",
     "per_sample_lookahead_hypergradient",
     "sample_mixup_lambda",
+    "step_from_lookahead",
 ]

@@ -35,7 +35,7 @@ from monai_imbalance.utils import check_rare_classes, highest_resolution, plain_
 
 from .mixup import validate_label_map
 
-__all__ = ["adversarial_perturbation", "normalize_per_sample", "perturbation_from_gradient", "rare_direction_loss"]
+__all__ = ["adversarial_perturbation", "normalize_per_sample"]
 
 #: The authors' nnU-Net / DeepMedic defaults.
 DEFAULT_EPS = 10.0
@@ -84,7 +84,7 @@ def _probe(network: nn.Module) -> Iterator[None]:
                 buf.copy_(value)
 
 
-def _rare_direction_loss(
+def _masked_direction_loss(
     logits: torch.Tensor, y: torch.Tensor, voxel_mask: torch.Tensor, rare: tuple[int, ...], dice: bool
 ) -> torch.Tensor:
     """``N * L_adv``: masked CE (+ soft Dice of the rare foreground classes on the masked voxels).
@@ -108,7 +108,7 @@ def _rare_direction_loss(
     return loss
 
 
-def rare_direction_loss(
+def _direction_loss(
     out: torch.Tensor | Sequence[torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
@@ -118,10 +118,8 @@ def rare_direction_loss(
 ) -> torch.Tensor:
     """``N * L_adv`` of a network output: the loss whose input gradient is the adversarial direction.
 
-    Shared by the probe of :func:`adversarial_perturbation` and the trainer's reuse of step 1's forward pass
-    (:class:`~monai_imbalance.engines.RegularisedSupervisedTrainer`, ``reuse_forward``), so both paths differentiate
-    the same function: the cross-entropy on rare-class voxels (all voxels when ``rare_classes=None``), plus soft Dice
-    with ``dice=True``, or ``loss(logits, y, mask=mask)`` with the rare-voxel mask, scaled by the voxel count ``N``.
+    The cross-entropy on rare-class voxels (all voxels when ``rare_classes=None``), plus soft Dice with ``dice=True``,
+    or ``loss(logits, y, mask=mask)`` with the rare-voxel mask, scaled by the voxel count ``N``.
 
     Args:
         out: the network output for ``x`` (logits, a list/tuple of heads or a DynUNet deep-supervision tensor).
@@ -148,11 +146,11 @@ def rare_direction_loss(
         is_rare[list(rare)] = True
         voxel_mask = is_rare[labels].float()
     if loss is None:
-        return _rare_direction_loss(logits, labels, voxel_mask, rare or tuple(range(num_classes)), dice)
+        return _masked_direction_loss(logits, labels, voxel_mask, rare or tuple(range(num_classes)), dice)
     return loss(logits, labels, mask=voxel_mask).float().mean() * float(labels.numel())
 
 
-def perturbation_from_gradient(g: torch.Tensor, eps: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+def _perturbation_from_gradient(g: torch.Tensor, eps: float, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``r_adv = eps * normalize(g)``: L2 norm ``eps`` per sample (zero where ``g`` is zero), detached."""
     r = float(eps) * normalize_per_sample(plain_tensor(g, detach=True))
     return r if dtype is None else r.to(dtype)
@@ -229,7 +227,7 @@ def adversarial_perturbation(
     def direction() -> torch.Tensor:
         dd = d.clone().requires_grad_(True)
         with torch.enable_grad(), _probe(net):
-            value = rare_direction_loss(net(x0 + dd), x0, y, rare, loss=loss, dice=dice)
+            value = _direction_loss(net(x0 + dd), x0, y, rare, loss=loss, dice=dice)
             (grad,) = torch.autograd.grad(value, dd)
         return grad.detach()
 
@@ -238,4 +236,4 @@ def adversarial_perturbation(
     if torch.is_autocast_enabled(device_type) and not bool(torch.isfinite(g).all()):
         with torch.autocast(device_type, enabled=False):
             g = direction()
-    return perturbation_from_gradient(g, eps, x0.dtype)
+    return _perturbation_from_gradient(g, eps, x0.dtype)

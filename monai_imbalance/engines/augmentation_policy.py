@@ -1,23 +1,31 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
-"""Learned augmentation in the trainer: the TRA meta step, the TEA step and their joint schedule.
+"""Learned augmentation: the TRA meta step, the TEA step and their joint schedule.
 
 JCSAugment: Li, Kamnitsas, Dou, Qin, Glocker, "Joint optimization of class-specific training- and test-time data
 augmentation in segmentation", IEEE TMI 2023, method section (class-specific training-time augmentation, its
 meta-gradient, test-time augmentation and their joint optimisation). :class:`AugmentationPolicyLearner` holds the
-settings and state; :class:`~monai_imbalance.engines.RegularisedSupervisedTrainer` calls it before its normal step
-(``augmentation_policy=``), so one iteration is: TRA meta step -> TEA step -> segmenter step.
+settings, the state and the steps; :class:`AugmentationPolicyIteration` is the trainer's ``iteration_update``, so one
+iteration is: TRA meta step -> TEA step -> segmenter step.
 
-Example (JSON, under the trainer's ``augmentation_policy``; the held-out validation loader holds patches of training
-cases left out of the training loader, e.g. by :func:`monai_imbalance.data.holdout_split`)::
+Example (JSON; the held-out validation loader holds patches of training cases left out of the training loader, e.g.
+by :func:`monai_imbalance.data.holdout_split`)::
 
-    "augmentation_policy": {
+    "augmentation_learner": {
+        "_target_": "monai_imbalance.engines.AugmentationPolicyLearner",
         "num_classes": 2,
         "policy": "@policy", "optimizer": "@policy_optimizer", "shared": "@shared_policy",
         "test_time_policy": "@test_time_policy", "test_time_optimizer": "@test_time_optimizer",
         "validation_loader": "@meta_validation_loader",
         "meta_interval": 1, "test_time_interval": 1, "warmup_epochs": 0, "test_time_warmup_epochs": 0,
         "num_test_time_samples": 10, "validation_loss": "ce_dice"
+    },
+    "trainer": {
+        "_target_": "monai.engines.SupervisedTrainer",
+        ...,
+        "iteration_update": {
+            "_target_": "monai_imbalance.engines.AugmentationPolicyIteration", "learner": "@augmentation_learner"
+        }
     }
 """
 
@@ -40,16 +48,24 @@ from monai_imbalance.augment import (
     SharedPolicyProbabilities,
     TestTimePolicy,
 )
-from monai_imbalance.utils import check_settings, highest_resolution, plain_tensor, unwrap_module
+from monai_imbalance.utils import add_to_output, check_settings, highest_resolution, plain_tensor, unwrap_module
 
 from .auxiliary_step import finish_auxiliary_step
-from .context_labels import LookaheadTrainPass, LookaheadTrainStep
-from .lookahead import check_lookahead_settings, functional_forward, lookahead_hypergradient
+from .lookahead import (
+    LookaheadTrainPass,
+    LookaheadTrainStep,
+    check_lookahead_settings,
+    functional_forward,
+    lookahead_hypergradient,
+    lookahead_step_blockers,
+    step_from_lookahead,
+)
 
 __all__ = [
     "DEFAULT_TEST_TIME_LR",
     "DEFAULT_TRAINING_POLICY_LR",
     "VALIDATION_LOSSES",
+    "AugmentationPolicyIteration",
     "AugmentationPolicyLearner",
     "foreground_dice_loss",
     "per_sample_ce_dice",
@@ -820,3 +836,73 @@ class AugmentationPolicyLearner:
             setattr(self, name, int(state.get(name, 0)))
         if self.shared is not None and self.policy is not None:
             self.shared.update(self.policy)
+
+
+class AugmentationPolicyIteration:
+    """The ``iteration_update`` of a trainer with learned augmentation (JCSAugment, Li et al., IEEE TMI 2023).
+
+    Each iteration: the steps of :meth:`AugmentationPolicyLearner.iteration` that are due (TRA meta step, then TEA
+    step), then the trainer's own iteration (``engine._iteration``: ``SupervisedTrainer``'s step, or a
+    ``RegularisedSupervisedTrainer``'s step and its extra steps), unchanged: the unweighted loss on the
+    policy-augmented batch. On TRA iterations the normal step takes the look-ahead's pass at ``theta`` instead of its
+    own forward/backward pass where that is the same gradient (the learner's ``reuse_lookahead_gradient``, resolved on
+    the first call from the trainer: :func:`~monai_imbalance.engines.lookahead_step_blockers`, AMP, ``compile``). The
+    first call also copies rank 0's policies to every rank (DDP). The output gains ``policy_meta_loss`` /
+    ``policy_meta_skipped`` / ``test_time_loss`` / ``test_time_skipped`` when those steps ran.
+
+    Args:
+        learner: the :class:`AugmentationPolicyLearner`, or its JSON settings.
+
+    Raises:
+        ValueError: (first call) ``reuse_lookahead_gradient=True`` with trainer settings that block it.
+    """
+
+    def __init__(self, learner: AugmentationPolicyLearner | Mapping[str, Any]) -> None:
+        if not isinstance(learner, AugmentationPolicyLearner):
+            learner = AugmentationPolicyLearner.from_mapping(learner)
+        self.learner = learner
+        self._checked = False
+
+    def _check(self, engine: Any) -> None:
+        inexact = ["amp (the reused gradient is float32, the normal step's autocast)"] if engine.amp else []
+        self.learner.resolve_reuse(lookahead_step_blockers(engine), inexact + (["compile"] if engine.compile else []))
+        self.learner.broadcast()
+        self._checked = True
+
+    def _reused_step(self, engine: Any, batchdata: Any) -> Any | None:
+        """The normal step of a TRA iteration from the look-ahead's pass at ``theta``, when the learner kept one.
+
+        The look-ahead's training loss ``L_tr(theta, w)`` is the per-sample loss weighted by ``w`` of value 1 on this
+        batch at these parameters (the TEA step in between does not change them), so its gradient is the normal
+        step's when the trainer's loss has the same gradient with respect to the prediction, which the learner checks
+        (:meth:`AugmentationPolicyLearner.reused_step_loss`). The output's ``loss`` is the trainer's loss on the kept
+        prediction, as the normal step would report it.
+
+        Returns:
+            ``engine.state.output``, or ``None``: nothing kept or the losses differ (run the normal step as usual).
+        """
+        step = self.learner.pop_train_step()
+        if step is None:
+            return None
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        loss = self.learner.reused_step_loss(engine.loss_function, step, batch[1])
+        if loss is None:
+            return None
+        step.loss = loss
+        return step_from_lookahead(engine, batch[0], batch[1], step)
+
+    def __call__(self, engine: Any, batchdata: Any) -> Any:
+        """The policy steps that are due, then the trainer's iteration; returns its output.
+
+        Args:
+            engine: the trainer (a ``SupervisedTrainer``).
+            batchdata: the collated training batch, with the learner's ``bins_key`` ``(B, O)`` and ``group_key``
+                ``(B,)`` (written by :class:`~monai_imbalance.transforms.PolicyAugmentd`).
+        """
+        if not self._checked:
+            self._check(engine)
+        extra = self.learner.iteration(engine, batchdata)
+        output = self._reused_step(engine, batchdata)
+        if output is None:
+            output = engine._iteration(engine, batchdata)
+        return add_to_output(output, extra) if extra else output

@@ -1,6 +1,6 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
-"""Context label learning (CoLab) in the trainer: context targets for the normal step and the generator's meta step.
+"""Context label learning (CoLab): context targets for the normal step and the generator's meta step.
 
 Li, Kamnitsas, Ouyang, Chen, Glocker, "Context label learning: improving background class representations in semantic
 segmentation", IEEE TMI 2023, method section (context labels, the task generator and its meta-objective). The segmenter
@@ -8,15 +8,24 @@ segmentation", IEEE TMI 2023, method section (context labels, the task generator
 target splits the background into ``t`` context classes, which come from a generator ``q = softmax(g_phi(x))``
 trained by meta-learning (CoLab), from a hard context map in the batch (``context_key``: the k-means, dilated-ring or
 human-defined baselines), or, with ``num_context = 1``, from nothing (plain training).
-:class:`~monai_imbalance.engines.RegularisedSupervisedTrainer` calls :class:`ContextLabelLearner` before its normal
-step and wraps the loss in :class:`ContextTargetLoss`, so the engine's output keeps the original ``C``-class label.
+:class:`ContextLabelLearner` holds the settings and the meta step; :class:`ContextLabelIteration` is the trainer's
+``iteration_update`` (meta step, then the trainer's own iteration); :class:`ContextTargetLoss` is the trainer's loss,
+so the engine's output keeps the original ``C``-class label.
 
-Example (JSON, under the trainer's ``context_labels``)::
+Example (JSON)::
 
-    "context_labels": {
+    "context_learner": {
+        "_target_": "monai_imbalance.engines.ContextLabelLearner",
         "num_classes": 2, "num_context": 2,
         "generator": "@generator", "optimizer": "@generator_optimizer",
         "meta_interval": 5, "mask_key": "context_mask"
+    },
+    "trainer": {
+        "_target_": "monai.engines.SupervisedTrainer",
+        ...,
+        "loss_function": {"_target_": "monai_imbalance.engines.ContextTargetLoss", "loss_function": "@loss",
+                          "learner": "@context_learner"},
+        "iteration_update": {"_target_": "monai_imbalance.engines.ContextLabelIteration", "learner": "@context_learner"}
     }
 """
 
@@ -33,18 +42,21 @@ import torch.distributed as dist
 
 from monai_imbalance.losses import compose_context_target, context_foreground_bce
 from monai_imbalance.networks import check_context_networks
-from monai_imbalance.utils import check_settings, highest_resolution, plain_tensor, unwrap_module
+from monai_imbalance.utils import add_to_output, check_settings, highest_resolution, plain_tensor, unwrap_module
 
 from .auxiliary_step import finish_auxiliary_step
 from .lookahead import (
-    LookaheadResult,
+    LookaheadTrainPass,
+    LookaheadTrainStep,
     apply_hypergradient,
     check_lookahead_settings,
     functional_forward,
     lookahead_hypergradient,
+    lookahead_step_blockers,
+    step_from_lookahead,
 )
 
-__all__ = ["ContextLabelLearner", "ContextTargetLoss", "LookaheadTrainPass", "LookaheadTrainStep"]
+__all__ = ["ContextLabelIteration", "ContextLabelLearner", "ContextTargetLoss"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,68 +86,6 @@ def _optional_key(name: str, value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ValueError(f"context_labels {name} must be a batch key (str) or null, got {name}={value!r}.")
     return value
-
-
-@dataclass
-class LookaheadTrainStep:
-    """The look-ahead's training pass at ``theta``, kept for the normal step (``reuse_lookahead_gradient``).
-
-    Shared by CoLab (:class:`ContextLabelLearner`) and learned augmentation
-    (:class:`~monai_imbalance.engines.AugmentationPolicyLearner`); the trainer's ``_step_from_lookahead`` turns it
-    into the normal step.
-
-    Attributes:
-        pred: the segmenter's output at ``theta`` on the batch, detached (``(B, K, *spatial)``, or stacked deep
-            supervision heads).
-        loss: ``L_tr(theta, aux)``, the batch-mean training loss of the look-ahead, detached scalar.
-        grads: ``grad_theta L_tr(theta, aux)`` by parameter name (of the unwrapped segmenter), detached, finite.
-        buffers: the segmenter's buffers right after that forward pass, by name (BatchNorm running statistics
-            updated once, as the normal step's forward pass would leave them; the look-ahead itself restores the
-            buffers), or ``None`` to leave them.
-    """
-
-    pred: Any
-    loss: torch.Tensor
-    grads: dict[str, torch.Tensor]
-    buffers: dict[str, torch.Tensor] | None = None
-
-
-class LookaheadTrainPass:
-    """Keeps the first ``train_loss`` call of :func:`~monai_imbalance.engines.lookahead_hypergradient` (at ``theta``).
-
-    A learner's ``train_loss`` closure calls :meth:`keep` with the segmenter's output; the first call (the one at
-    ``theta``) stores the detached output and the segmenter's buffers after it. :meth:`step` then combines them with
-    the look-ahead's ``train_loss`` and ``train_grads`` into a :class:`LookaheadTrainStep` for the normal step.
-
-    Args:
-        model: the segmenter the closure runs (unwrapped).
-        enabled: keep nothing when ``False`` (:meth:`step` returns ``None``).
-    """
-
-    def __init__(self, model: torch.nn.Module, enabled: bool = True) -> None:
-        self.model = model
-        self.enabled = bool(enabled)
-        self.pred: Any = None
-        self.buffers: dict[str, torch.Tensor] | None = None
-        self.kept = False
-
-    def keep(self, pred: Any) -> None:
-        """Store ``pred`` (a tensor or a list / tuple of tensors) and the buffers, on the first call only."""
-        if not self.enabled or self.kept:
-            return
-        self.kept = True
-        self.pred = pred.detach() if isinstance(pred, torch.Tensor) else [t.detach() for t in pred]
-        self.buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}
-
-    def step(self, result: LookaheadResult) -> LookaheadTrainStep | None:
-        """The kept pass with the look-ahead's loss and gradient at ``theta``; ``None`` when unusable.
-
-        Unusable: nothing kept, no ``train_grads``, or a gradient that is not finite (the normal step then runs as
-        usual and meets the same non-finite loss itself).
-        """
-        if not self.kept or result.train_grads is None or result.reason == "nonfinite_train_grad":
-            return None
-        return LookaheadTrainStep(self.pred, result.train_loss, result.train_grads, self.buffers)
 
 
 @dataclass
@@ -383,3 +333,91 @@ class ContextTargetLoss:
             raise RuntimeError("ContextTargetLoss called before the trainer set the batch's context probabilities.")
         label = plain_tensor(label)
         return self.loss_function(pred, self.learner.target(self.probabilities, label, self.mask))
+
+
+class ContextLabelIteration:
+    """The ``iteration_update`` of a trainer with context labels (CoLab, Li et al., IEEE TMI 2023).
+
+    Each iteration: every ``meta_interval`` iterations the generator's meta step
+    (:meth:`ContextLabelLearner.meta_step`), then the trainer's own iteration (``engine._iteration``, e.g.
+    ``SupervisedTrainer``'s step) on the ``K``-channel context target: the trainer's loss must be a
+    :class:`ContextTargetLoss` of the same learner, whose context probabilities this object sets for the batch. With
+    ``reuse_lookahead_gradient``, the normal step of a meta iteration is the look-ahead's pass at ``theta``
+    (:func:`~monai_imbalance.engines.step_from_lookahead`). The first call checks the trainer and copies rank 0's
+    generator to every rank (DDP). The output gains ``meta_loss`` and ``meta_skipped`` on meta iterations.
+
+    Args:
+        learner: the :class:`ContextLabelLearner`, or its JSON settings.
+
+    Raises:
+        ValueError: (first call) a loss that is not this learner's :class:`ContextTargetLoss`, a segmenter with the
+            wrong number of output channels, a trainer with adversarial / mixup steps (their targets are hard
+            labels), or ``reuse_lookahead_gradient`` with trainer settings that block it.
+    """
+
+    def __init__(self, learner: ContextLabelLearner | Mapping[str, Any]) -> None:
+        if not isinstance(learner, ContextLabelLearner):
+            learner = ContextLabelLearner.from_mapping(learner)
+        self.learner = learner
+        self._checked = False
+
+    def _check(self, engine: Any) -> None:
+        loss = engine.loss_function
+        if not isinstance(loss, ContextTargetLoss) or loss.learner is not self.learner:
+            raise ValueError(
+                "context labels: the trainer's loss_function must be monai_imbalance.engines.ContextTargetLoss of the "
+                f"same ContextLabelLearner as the iteration_update (got {type(loss).__name__})."
+            )
+        self.learner.check_segmenter(engine.network)
+        extra = tuple(getattr(engine, "extra_steps", ()))
+        if extra:
+            raise ValueError(
+                f"context labels cannot be combined with the trainer's {', '.join(extra)} steps yet (their targets "
+                "are hard labels)."
+            )
+        blockers = lookahead_step_blockers(engine)
+        if self.learner.reuse_lookahead_gradient and blockers:
+            raise ValueError(
+                f"context_labels reuse_lookahead_gradient=true cannot be used with {'; '.join(blockers)} (the reused "
+                "step replaces the normal step's forward/backward pass); set it to false."
+            )
+        self.learner.broadcast_generator()
+        self._checked = True
+
+    def __call__(self, engine: Any, batchdata: Any) -> Any:
+        """The meta step when due, then the trainer's iteration on the context target; returns its output.
+
+        Args:
+            engine: the trainer (a ``SupervisedTrainer``).
+            batchdata: the collated batch: ``image`` ``(B, C_in, *sp)``, ``label`` ``(B, 1, *sp)`` and the learner's
+                ``mask_key`` / ``context_key`` maps ``(B, 1, *sp)``.
+        """
+        if not self._checked:
+            self._check(engine)
+        learner = self.learner
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        image, label = plain_tensor(batch[0]), plain_tensor(batch[1])
+        mask = learner.mask(batchdata, image.device)
+        extra: dict[str, Any] = {}
+        if learner.is_meta_iteration(engine.state.iteration):
+            engine.network.train()  # as the normal step: after a validation run the segmenter is in eval mode
+            extra.update(
+                learner.meta_step(
+                    engine.network, engine.loss_function.loss_function, engine.optimizer, image, label, mask
+                )
+            )
+            reused = learner.pop_train_step()  # None unless reuse_lookahead_gradient (and a finite gradient)
+            if reused is not None:
+                return add_to_output(step_from_lookahead(engine, batch[0], batch[1], reused), extra)
+        loss = engine.loss_function
+        with torch.no_grad():
+            loss.probabilities = learner.probabilities(image, batchdata)
+        loss.mask = mask
+        try:
+            output = engine._iteration(engine, batchdata)
+        finally:
+            loss.probabilities = None
+            loss.mask = None
+        return add_to_output(output, extra)

@@ -15,7 +15,10 @@ context labels; JCSAugment: the per-sample weights ``w_b`` of the augmentation p
 
 :func:`lookahead_hypergradient` takes one virtual step on the batch loss; :func:`per_sample_lookahead_hypergradient`
 one per sample, as the CoLab authors' code does. :func:`functional_forward` runs a module with replaced parameters
-(safe for DynUNet, whose ``skip_layers`` are reachable by several paths).
+(safe for DynUNet, whose ``skip_layers`` are reachable by several paths). :class:`LookaheadTrainPass` keeps the
+look-ahead's training pass at ``theta`` and :func:`step_from_lookahead` turns it into the trainer's normal step
+(both learners' ``reuse_lookahead_gradient``); :func:`lookahead_step_blockers` names the trainer settings under which
+that is not the normal step.
 
 Example (CoLab: ``aux`` is the generator's soft labels ``q``; :func:`apply_hypergradient` backpropagates their
 hypergradient through the generator)::
@@ -44,17 +47,29 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.inferers import SimpleInferer
+from monai.utils import CommonKeys as Keys
 from torch import nn
+
+from monai_imbalance.utils import unwrap_module
+
+from .auxiliary_step import average_over_ranks
 
 __all__ = [
     "DEFAULT_RADIUS",
     "LOOKAHEAD_METHODS",
     "LookaheadResult",
+    "LookaheadTrainPass",
+    "LookaheadTrainStep",
     "apply_hypergradient",
     "check_lookahead_settings",
     "functional_forward",
     "lookahead_hypergradient",
+    "lookahead_step_blockers",
     "per_sample_lookahead_hypergradient",
+    "step_from_lookahead",
 ]
 
 #: The ways to compute the mixed second derivative.
@@ -583,3 +598,130 @@ def apply_hypergradient(aux: AuxLike, grads: torch.Tensor | Sequence[torch.Tenso
     torch.autograd.backward(
         list(aux_t), [g.detach().to(a.dtype) for a, g in zip(aux_t, grads_t, strict=True)], retain_graph=retain_graph
     )
+
+
+# -- the normal step from the look-ahead's pass at theta (reuse_lookahead_gradient) ----------------------------------
+@dataclasses.dataclass
+class LookaheadTrainStep:
+    """The look-ahead's training pass at ``theta``, kept for the trainer's normal step.
+
+    Attributes:
+        pred: the segmenter's output at ``theta`` on the batch, detached (``(B, K, *spatial)``, or stacked deep
+            supervision heads).
+        loss: ``L_tr(theta, aux)``, the batch-mean training loss of the look-ahead, detached scalar.
+        grads: ``grad_theta L_tr(theta, aux)`` by parameter name (of the unwrapped segmenter), detached, finite.
+        buffers: the segmenter's buffers right after that forward pass, by name (BatchNorm running statistics
+            updated once, as the normal step's forward pass would leave them; the look-ahead itself restores the
+            buffers), or ``None`` to leave them.
+    """
+
+    pred: Any
+    loss: torch.Tensor
+    grads: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor] | None = None
+
+
+class LookaheadTrainPass:
+    """Keeps the first ``train_loss`` call of :func:`lookahead_hypergradient` (the one at ``theta``).
+
+    A learner's ``train_loss`` closure calls :meth:`keep` with the segmenter's output; the first call stores the
+    detached output and the segmenter's buffers after it. :meth:`step` combines them with the look-ahead's
+    ``train_loss`` and ``train_grads`` into a :class:`LookaheadTrainStep`.
+
+    Args:
+        model: the segmenter the closure runs (unwrapped).
+        enabled: keep nothing when ``False`` (:meth:`step` returns ``None``).
+    """
+
+    def __init__(self, model: nn.Module, enabled: bool = True) -> None:
+        self.model = model
+        self.enabled = bool(enabled)
+        self.pred: Any = None
+        self.buffers: dict[str, torch.Tensor] | None = None
+        self.kept = False
+
+    def keep(self, pred: Any) -> None:
+        """Store ``pred`` (a tensor or a list / tuple of tensors) and the buffers, on the first call only."""
+        if not self.enabled or self.kept:
+            return
+        self.kept = True
+        self.pred = pred.detach() if isinstance(pred, torch.Tensor) else [t.detach() for t in pred]
+        self.buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}
+
+    def step(self, result: LookaheadResult) -> LookaheadTrainStep | None:
+        """The kept pass with the look-ahead's loss and gradient at ``theta``; ``None`` when unusable.
+
+        Unusable: nothing kept, no ``train_grads``, or a gradient that is not finite (the normal step then runs as
+        usual and meets the same non-finite loss itself).
+        """
+        if not self.kept or result.train_grads is None or result.reason == "nonfinite_train_grad":
+            return None
+        return LookaheadTrainStep(self.pred, result.train_loss, result.train_grads, self.buffers)
+
+
+def lookahead_step_blockers(engine: SupervisedTrainer) -> list[str]:
+    """The trainer settings under which a kept look-ahead pass cannot replace the normal step.
+
+    The reused step replaces ``SupervisedTrainer``'s forward/backward pass, so it needs an inferer that calls the
+    segmenter directly (a ``SimpleInferer``, as the look-ahead does), ``accumulation_steps=1`` and a trainer whose
+    iteration is that pass alone (a trainer declaring extra steps in ``extra_steps`` blocks it).
+
+    Args:
+        engine: the trainer.
+
+    Returns:
+        a description of each blocker (empty when the reuse is possible).
+    """
+    blockers = []
+    if type(engine.inferer) is not SimpleInferer:
+        blockers.append(
+            f"inferer {type(engine.inferer).__name__} (the look-ahead calls the segmenter directly: a "
+            "monai.inferers.SimpleInferer is needed)"
+        )
+    accumulation_steps = getattr(engine, "accumulation_steps", 1)
+    if accumulation_steps != 1:
+        blockers.append(f"accumulation_steps={accumulation_steps!r}")
+    extra = tuple(getattr(engine, "extra_steps", ()))
+    if extra:
+        blockers.append(f"the trainer's extra steps ({', '.join(extra)})")
+    return blockers
+
+
+def step_from_lookahead(engine: SupervisedTrainer, inputs: Any, targets: Any, step: LookaheadTrainStep) -> Any:
+    """The trainer's normal step from a kept look-ahead pass at ``theta``; returns ``engine.state.output``.
+
+    ``SupervisedTrainer``'s events and output keys (``image``, ``label``, ``pred``, ``loss``), with the kept prediction
+    and loss instead of a forward pass and the kept gradient (averaged over the ranks under DDP, as DDP's backward
+    pass does) instead of a backward pass, and the kept buffers (BatchNorm running statistics after the pass at
+    ``theta``); then the optimizer steps (float32, no ``GradScaler``).
+
+    Args:
+        engine: the trainer.
+        inputs: the batch's image ``(B, C_in, *spatial)``, as ``prepare_batch`` gives it.
+        targets: the batch's label ``(B, 1, *spatial)``.
+        step: the kept pass.
+    """
+    engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: step.pred}
+    engine.network.train()
+    engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+    engine.state.output[Keys.LOSS] = step.loss
+    engine.fire_event(IterationEvents.LOSS_COMPLETED)
+    engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+    params = dict(unwrap_module(engine.network).named_parameters())
+    names = list(step.grads)
+    grads = average_over_ranks([step.grads[k] for k in names])
+    with torch.no_grad():
+        if step.buffers:
+            buffers = dict(unwrap_module(engine.network).named_buffers())
+            for name, value in step.buffers.items():
+                buffers[name].copy_(value)
+        for name, grad in zip(names, grads, strict=True):
+            param = params[name]
+            if param.grad is None:
+                param.grad = grad.to(param.dtype)
+            else:  # keep the existing tensor (it may be a view into DDP's gradient bucket)
+                param.grad.copy_(grad)
+    engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+    engine.optimizer.step()
+    engine.fire_event(IterationEvents.MODEL_COMPLETED)
+    return engine.state.output

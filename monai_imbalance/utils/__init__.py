@@ -5,17 +5,20 @@
 - :func:`plain_tensor`: a plain ``torch.Tensor`` from a ``MetaTensor``, tensor or array.
 - :func:`unwrap_module`: the module inside ``DistributedDataParallel`` / ``DataParallel``.
 - :func:`highest_resolution`: the full-resolution logits of a network output (DynUNet's stacked deep supervision).
+- :func:`add_to_output`: extra values (an extra step's loss) in an engine's iteration output.
 """
 
 from __future__ import annotations
 
 from .atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from .classes import check_rare_classes
+from .engine_output import add_to_output
 from .names import index_by_name
 from .settings import check_settings
 from .tensors import highest_resolution, plain_tensor, unwrap_module
 
 __all__ = [
+    "add_to_output",
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",

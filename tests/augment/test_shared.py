@@ -39,6 +39,19 @@ def test_table_is_shared_and_follows_updates() -> None:
     assert np.allclose(shared.read(1)[6:8], [1.0, 0.0]) and np.allclose(shared.read(0)[6:8], [0.5, 0.5])
 
 
+def test_table_follows_a_loaded_state_dict() -> None:
+    """A checkpoint loaded into the policy (resume) is what the loader workers sample from, without update()."""
+    policy = _policy(init=0)
+    shared = SharedPolicyProbabilities(policy)
+    trained = _policy(init=0)
+    with torch.no_grad():
+        trained.logits["foreground"]["mirror_x"].copy_(torch.tensor([0.0, 2.0]))
+    assert not np.allclose(shared.read(1), trained.probability_matrix()[1].double().numpy())
+    policy.load_state_dict(trained.state_dict())
+    np.testing.assert_allclose(shared.read(1), trained.probability_matrix()[1].double().numpy(), atol=1e-7)
+    assert shared.version == 4
+
+
 def test_copies_and_pickled_copies_read_the_same_memory() -> None:
     policy = _policy(init=0)
     shared = SharedPolicyProbabilities(policy)

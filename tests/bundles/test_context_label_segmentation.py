@@ -15,9 +15,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.engines import SupervisedTrainer
 
 from monai_imbalance.data import make_phantom_dataset
-from monai_imbalance.engines import RegularisedSupervisedTrainer
+from monai_imbalance.engines import ContextTargetLoss
 from monai_imbalance.transforms import DilatedRingContextLabelsd, KMeansContextLabelsd
 
 pytestmark = pytest.mark.slow  # bundle configs end to end
@@ -52,7 +53,7 @@ def test_variants_are_the_issue_list():
 
 def test_colab_training_updates_the_generator_and_checkpoints_it(trained):
     root, wf = trained
-    learner = wf.trainer.context_labels
+    learner = wf.parser.get_parsed_content("context_learner")
     assert learner.num_context == 2 and learner.steps == 4 and learner.skipped == 0  # 2 epochs x 2 iterations
     latest = torch.load(root / "models" / "latest.pt", weights_only=True)
     assert {"generator", "generator_optimizer", "generator_lr_scheduler"} <= set(latest)
@@ -100,8 +101,8 @@ def test_evaluate_and_inference_output_only_the_original_classes(trained, datase
 def test_variant_builds_what_its_name_says(variant, dataset, tmp_path, bundle):
     wf = bundle.run(["train.json", f"variants/{variant}.json"], dataset, tmp_path, epochs=1)
     trainer = wf.trainer
-    assert isinstance(trainer, RegularisedSupervisedTrainer)
-    learner = trainer.context_labels
+    assert isinstance(trainer, SupervisedTrainer) and isinstance(trainer.loss_function, ContextTargetLoss)
+    learner = wf.parser.get_parsed_content("context_learner")
     transforms = wf.parser.get_parsed_content("train#context_transforms")
     if variant == "vanilla":
         assert learner.num_context == 1 and learner.generator is None and learner.mask_key is None

@@ -24,8 +24,8 @@ def test_two_ranks_train_colab_and_agree(tmp_path, bundle_harness):
         tmp_path,
         segmenter=bundle.state_dict("network_def"),
         generator=bundle.state_dict("generator"),
-        meta_steps="@train#trainer.context_labels.steps",
-        skipped="@train#trainer.context_labels.skipped",
+        meta_steps="@context_learner.steps",
+        skipped="@context_learner.skipped",
     )
     bundle.torchrun("training", ["train.json", "multi_gpu_train.json", dump], dataset, tmp_path)
     ranks = bundle.rank_dumps(tmp_path)

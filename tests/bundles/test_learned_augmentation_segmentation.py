@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.engines import SupervisedTrainer
 from monai.inferers import SlidingWindowInferer
 
 from monai_imbalance.augment import (
@@ -32,7 +33,7 @@ from monai_imbalance.augment import (
     load_policy,
 )
 from monai_imbalance.data import make_phantom_dataset
-from monai_imbalance.engines import AugmentationPolicyLearner, RegularisedSupervisedTrainer
+from monai_imbalance.engines import AugmentationPolicyLearner
 from monai_imbalance.handlers import PolicyPlotHandler
 from monai_imbalance.transforms import PolicyAugmentd
 
@@ -90,7 +91,7 @@ def test_variants_are_the_issue_list():
 
 def test_joint_training_learns_both_policies_and_saves_them(trained):
     root, wf = trained
-    learner = wf.trainer.augmentation_policy
+    learner = wf.parser.get_parsed_content("augmentation_learner")
     assert isinstance(learner, AugmentationPolicyLearner) and learner.augment_validation  # TRA sees TEA (joint)
     assert (learner.steps, learner.skipped, learner.test_time_steps, learner.test_time_skipped) == (4, 0, 4, 0)
     policy, tea = learner.policy, learner.test_time_policy
@@ -140,7 +141,7 @@ def test_resume_restores_the_policies(trained, dataset, harness, tmp_path):
     wf.initialize()
     wf.run()  # already at epoch 2: restores and stops
     assert wf.trainer.state.epoch == 2
-    learner = wf.trainer.augmentation_policy
+    learner = wf.parser.get_parsed_content("augmentation_learner")
     for name, module in (("policy", learner.policy), ("test_time_policy", learner.test_time_policy)):
         for k, v in module.state_dict().items():
             if isinstance(v, torch.Tensor):
@@ -190,7 +191,7 @@ def _labels(path: Path) -> set[int]:
 
 def test_inference_uses_the_learned_tta_when_a_policy_file_is_there(trained, dataset, harness, tmp_path):
     root, wf_train = trained
-    tea = wf_train.trainer.augmentation_policy.test_time_policy
+    tea = wf_train.parser.get_parsed_content("augmentation_learner").test_time_policy
     for with_policy in (True, False):
         bundle = tmp_path / ("with" if with_policy else "without")
         _copy_models(root, bundle, ["model.pt"] + (["test_time_policy.pt", "test_time_policy.json"] * with_policy))
@@ -269,7 +270,8 @@ def _policy_augment(parser) -> list[PolicyAugmentd]:
 def test_variant_builds_what_its_name_says(variant, dataset, tmp_path):
     parser = _parser(["train.json", f"variants/{variant}.json"], dataset, tmp_path, patch_size=[16, 16, 16])
     policy = parser.get_parsed_content("policy")
-    learner_config = parser.get_parsed_content("train#trainer#augmentation_policy")
+    hook = parser.get_parsed_content("train#trainer#iteration_update")
+    learner_config = None if hook is None else hook.learner
     tta = parser.get_parsed_content("tta")
     if variant == "none":
         assert policy is None and parser.get_parsed_content("shared_policy") is None and learner_config is None
@@ -322,14 +324,14 @@ def test_variant_builds_what_its_name_says(variant, dataset, tmp_path):
 def test_variant_trains_end_to_end(variant, dataset, tmp_path, harness):
     wf = harness.complete(harness.workflow(["train.json", f"variants/{variant}.json"], dataset, tmp_path, epochs=1))
     trainer = wf.trainer
-    assert isinstance(trainer, RegularisedSupervisedTrainer) and np.isfinite(float(trainer.state.output[0]["loss"]))
+    assert isinstance(trainer, SupervisedTrainer) and np.isfinite(float(trainer.state.output[0]["loss"]))
     models = sorted(p.name for p in (tmp_path / "models").iterdir())
     if variant == "none":
-        assert trainer.augmentation_policy is None and models == ["latest.pt", "model.pt"]
+        assert wf.parser.get_parsed_content("augmentation_learner") is None and models == ["latest.pt", "model.pt"]
         batch = trainer.state.batch  # decollated: one dict per patch
         assert all(item["image"].shape[1:] == (16, 16, 16) and "policy_bins" not in item for item in batch)
     else:
-        learner = trainer.augmentation_policy
+        learner = wf.parser.get_parsed_content("augmentation_learner")
         assert learner.steps == 2 and learner.skipped == 0 and learner.test_time_policy is None
         assert models == ["latest.pt", "model.pt", "policy.json", "policy.pt"]
         batch = trainer.state.batch  # decollated: one dict per patch, each with the bins its worker drew

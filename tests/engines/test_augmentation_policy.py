@@ -29,6 +29,7 @@ from monai_imbalance.augment import (
     TrainingTransformPool,
 )
 from monai_imbalance.engines import (
+    AugmentationPolicyIteration,
     AugmentationPolicyLearner,
     RegularisedSupervisedTrainer,
     foreground_dice_loss,
@@ -338,20 +339,21 @@ def test_trainer_runs_the_schedule_and_keeps_the_segmenter_step():
     def loss(pred, label):
         return per_sample_ce_dice(pred, label).mean()
 
-    trainer = RegularisedSupervisedTrainer(
+    hook = AugmentationPolicyIteration(config)
+    trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=2,
         train_data_loader=data,
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
         loss_function=loss,
-        augmentation_policy=config,
+        iteration_update=hook,
     )
     seen = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(dict(e.state.output[0])))
     version, tea_before = shared.version, tea.logits.detach().clone()
     trainer.run()
-    learner = trainer.augmentation_policy
+    learner = hook.learner
     # iterations 1-3 are epoch 1 (TRA warm-up), 4-6 epoch 2: TRA at 4, 6; TEA at 3, 6
     assert [("policy_meta_loss" in o) for o in seen] == [False, False, False, True, False, True]
     assert [("test_time_loss" in o) for o in seen] == [False, False, True, False, False, True]
@@ -376,28 +378,17 @@ def test_trainer_runs_the_schedule_and_keeps_the_segmenter_step():
 def test_trainer_needs_the_recorded_bins():
     net = TinySeg()
     x, y = _data(1, b=2)
-    trainer = RegularisedSupervisedTrainer(
+    trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
         train_data_loader=[{"image": x, "label": y}],
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
         loss_function=lambda p, t: per_sample_ce_dice(p, t).mean(),
-        augmentation_policy=_learner(),
+        iteration_update=AugmentationPolicyIteration(_learner()),
     )
     with pytest.raises(ValueError, match="policy_bins"):
         trainer.run()
-    with pytest.raises(ValueError, match="context_labels"):
-        RegularisedSupervisedTrainer(
-            device=torch.device("cpu"),
-            max_epochs=1,
-            train_data_loader=[{"image": x, "label": y}],
-            network=net,
-            optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
-            loss_function=lambda p, t: per_sample_ce_dice(p, t).mean(),
-            augmentation_policy=_learner(),
-            context_labels={"num_classes": 2, "num_context": 1},
-        )
 
 
 def test_state_dict_round_trip_with_weights_only():
@@ -459,24 +450,27 @@ def test_toy_a_harmful_op_loses_probability():
     shared = SharedPolicyProbabilities(policy)
     net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv3d(4, 2, 1))
     val_x, val_y = _toy_patches(8, torch.Generator().manual_seed(1))
-    trainer = RegularisedSupervisedTrainer(
+    hook = AugmentationPolicyIteration(
+        {
+            "num_classes": 2,
+            "policy": policy,
+            "optimizer": torch.optim.Adam(policy.parameters(), lr=1e-2),  # toy scale: 200 iterations, not 200k
+            "shared": shared,
+            "validation_loader": [{"image": val_x, "label": val_y}],
+        }
+    )
+    trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=4,
         train_data_loader=_ToyLoader(shared, 50),
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9),
         loss_function=lambda p, t: per_sample_ce_dice(p, t).mean(),
-        augmentation_policy={
-            "num_classes": 2,
-            "policy": policy,
-            "optimizer": torch.optim.Adam(policy.parameters(), lr=1e-2),  # toy scale: 200 iterations, not 200k
-            "shared": shared,
-            "validation_loader": [{"image": val_x, "label": val_y}],
-        },
+        iteration_update=hook,
     )
     trainer.run()
     probs = policy.probabilities()["all"]
-    assert trainer.augmentation_policy.steps == 200 and trainer.augmentation_policy.skipped == 0
+    assert hook.learner.steps == 200 and hook.learner.skipped == 0
     assert float(probs["mirror_x"][1]) < 0.25  # from 0.5
     assert 0.35 < float(probs["mirror_y"][1]) < 0.65  # the harmless flip stays near 0.5
     print("toy P(flip):", float(probs["mirror_x"][1]), float(probs["mirror_y"][1]))
@@ -494,22 +488,27 @@ def test_trainer_from_a_bundle_style_config():
         "policy_optimizer": "$torch.optim.Adam(@policy.parameters(), lr=5e-4)",
         "train_data": "$[]",
         "validation_data": "$[]",
+        "augmentation_learner": {
+            "_target_": "monai_imbalance.engines.AugmentationPolicyLearner",
+            "num_classes": 2,
+            "policy": "@policy",
+            "optimizer": "@policy_optimizer",
+            "shared": "@shared_policy",
+            "validation_loader": "@validation_data",
+            "meta_interval": 1,
+            "validation_loss": 2,
+        },
         "trainer": {
-            "_target_": "monai_imbalance.engines.RegularisedSupervisedTrainer",
+            "_target_": "monai.engines.SupervisedTrainer",
             "device": "$torch.device('cpu')",
             "max_epochs": 1,
             "train_data_loader": "@train_data",
             "network": "@network",
             "optimizer": "$torch.optim.SGD(@network.parameters(), lr=0.1)",
             "loss_function": "$monai.losses.DiceCELoss(to_onehot_y=True, softmax=True)",
-            "augmentation_policy": {
-                "num_classes": 2,
-                "policy": "@policy",
-                "optimizer": "@policy_optimizer",
-                "shared": "@shared_policy",
-                "validation_loader": "@validation_data",
-                "meta_interval": 1,
-                "validation_loss": 2,
+            "iteration_update": {
+                "_target_": "monai_imbalance.engines.AugmentationPolicyIteration",
+                "learner": "@augmentation_learner",
             },
         },
     }
@@ -521,7 +520,7 @@ def test_trainer_from_a_bundle_style_config():
     trainer = parser.get_parsed_content("trainer")
     before = parser.get_parsed_content("policy").probability_matrix()
     trainer.run()
-    learner = trainer.augmentation_policy
+    learner = parser.get_parsed_content("augmentation_learner")
     assert learner.steps == 1 and learner.validation_loss == "ce_dice" and learner.optimizer.defaults["lr"] == 5e-4
     assert learner.shared is parser.get_parsed_content("shared_policy")
     assert not torch.equal(before, learner.policy.probability_matrix())
@@ -548,7 +547,7 @@ def _bundle_loss():
     return DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
 
 
-def _policy_trainer(net, loss, reuse, epochs=2, seed=0, **kw):
+def _policy_trainer(net, loss, reuse, epochs=2, seed=0, trainer_cls=SupervisedTrainer, **kw):
     """A trainer with TRA (every iteration) and TEA (every 2nd), identical data and seeds for each call."""
     torch.manual_seed(seed)
     policy = AugmentationPolicy()
@@ -564,16 +563,18 @@ def _policy_trainer(net, loss, reuse, epochs=2, seed=0, **kw):
         "num_test_time_samples": 3,
         "reuse_lookahead_gradient": reuse,
     }
-    trainer = RegularisedSupervisedTrainer(
+    hook = AugmentationPolicyIteration(config)
+    trainer = trainer_cls(
         device=torch.device("cpu"),
         max_epochs=epochs,
         train_data_loader=_training_batches(policy, 3),
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9),
         loss_function=loss,
-        augmentation_policy=config,
+        iteration_update=hook,
         **kw,
     )
+    trainer.policy_learner = hook.learner  # for the assertions
     outputs, forwards = [], []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(dict(e.state.output[0])))
     net.register_forward_hook(lambda *_: forwards.append(1))
@@ -590,10 +591,8 @@ def test_reused_step_equals_the_separate_normal_step(norm):
         torch.manual_seed(3)  # the same draws (TEA transforms, Gumbel noise) in both runs
         trainer.run()
     (reused, out_r, fwd_r), (plain, out_p, fwd_p) = twins[None], twins[False]
-    assert (
-        reused.augmentation_policy.reuses_lookahead_gradient and not plain.augmentation_policy.reuses_lookahead_gradient
-    )
-    assert reused.augmentation_policy.steps == plain.augmentation_policy.steps == 6
+    assert reused.policy_learner.reuses_lookahead_gradient and not plain.policy_learner.reuses_lookahead_gradient
+    assert reused.policy_learner.steps == plain.policy_learner.steps == 6
     assert len(fwd_p) - len(fwd_r) == 6  # one segmenter forward pass fewer per TRA iteration
     for a, b in zip(out_r, out_p, strict=True):
         assert abs(a["loss"] - b["loss"]) < 1e-6 and a["policy_meta_loss"] == pytest.approx(b["policy_meta_loss"], 1e-5)
@@ -602,7 +601,7 @@ def test_reused_step_equals_the_separate_normal_step(norm):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)  # parameters and BatchNorm running statistics
     if norm is nn.BatchNorm3d:
         assert int(reused.network.norm.num_batches_tracked) == 6  # step 1's forward pass, once per iteration
-    pr, pp = reused.augmentation_policy, plain.augmentation_policy
+    pr, pp = reused.policy_learner, plain.policy_learner
     torch.testing.assert_close(pr.policy.probability_matrix(), pp.policy.probability_matrix(), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(pr.test_time_policy.logits, pp.test_time_policy.logits, rtol=1e-5, atol=1e-7)
 
@@ -617,7 +616,7 @@ def test_reused_step_is_an_sgd_step_on_the_bundle_loss():
     ref_loss = _bundle_loss()(reference(batch["image"]), batch["label"])
     ref_loss.backward()
     trainer.run()
-    assert trainer.augmentation_policy.steps == 1 and abs(outputs[0]["loss"] - float(ref_loss.detach())) < 1e-6
+    assert trainer.policy_learner.steps == 1 and abs(outputs[0]["loss"] - float(ref_loss.detach())) < 1e-6
     for p, r in zip(trainer.network.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, r - 0.5 * r.grad, rtol=1e-6, atol=1e-6)  # SGD, lr 0.5, first momentum step
 
@@ -637,7 +636,7 @@ def test_reuse_checks_the_loss_and_the_trainer(caplog):
     torch.manual_seed(3)
     plain.run()
     assert caplog.text.count("have different gradients on the same prediction") == 1
-    assert not auto.augmentation_policy.reuses_lookahead_gradient and len(fwd_a) == len(fwd_p)
+    assert not auto.policy_learner.reuses_lookahead_gradient and len(fwd_a) == len(fwd_p)
     for a, b in zip(auto.network.parameters(), plain.network.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     required, _, _ = _policy_trainer(copy.deepcopy(net), batch_dice, True, epochs=1)
@@ -645,13 +644,16 @@ def test_reuse_checks_the_loss_and_the_trainer(caplog):
         required.run()
     # trainer settings: automatic reuse switches off, a required one raises
     sliding = {"inferer": SlidingWindowInferer(roi_size=SHAPE)}
-    assert not _policy_trainer(NormSeg(), _bundle_loss(), None, **sliding)[
-        0
-    ].augmentation_policy.reuses_lookahead_gradient
+    trainer = _policy_trainer(NormSeg(), _bundle_loss(), None, epochs=1, epoch_length=1, **sliding)[0]
+    trainer.run()
+    assert not trainer.policy_learner.reuses_lookahead_gradient
     with pytest.raises(ValueError, match="SlidingWindowInferer"):
-        _policy_trainer(NormSeg(), _bundle_loss(), True, **sliding)
+        _policy_trainer(NormSeg(), _bundle_loss(), True, **sliding)[0].run()
     with pytest.raises(ValueError, match="accumulation_steps"):
-        _policy_trainer(NormSeg(), _bundle_loss(), True, accumulation_steps=2)
+        _policy_trainer(NormSeg(), _bundle_loss(), True, accumulation_steps=2)[0].run()
+    with pytest.raises(ValueError, match="extra steps \\(mixup\\)"):
+        mixup = {"mixup": {"alpha": 0.2}, "trainer_cls": RegularisedSupervisedTrainer}
+        _policy_trainer(NormSeg(), _bundle_loss(), True, **mixup)[0].run()
     learner = _learner(reuse_lookahead_gradient=None)
     assert not learner.resolve_reuse([], ["amp"]) and _learner(reuse_lookahead_gradient=True).resolve_reuse([], ["amp"])
     assert learner.resolve_reuse([], []) and not _learner(reuse_lookahead_gradient=False).resolve_reuse([], [])
@@ -754,3 +756,25 @@ def test_batched_tra_validation_equals_per_patch():
     assert results[None][0] == pytest.approx(results[1][0], rel=1e-6)
     assert float(results[1][1].abs().max()) > 1e-7
     torch.testing.assert_close(results[None][1], results[1][1], rtol=1e-4, atol=1e-6)
+
+
+def test_learned_augmentation_composes_with_the_mixup_step():
+    """The policy hook on a ``RegularisedSupervisedTrainer``: policy steps, then step 1 and the mixup step."""
+    torch.manual_seed(4)
+    from monai_imbalance.losses import MarginFocalLoss
+
+    mixup_loss = MarginFocalLoss(margin=0.0, gamma=0.0, rare_classes=None, lambda_dice=1.0, to_onehot_y=True)
+    mixup = {
+        "mixup": {"alpha": 0.2, "rare_classes": [1], "loss_function": mixup_loss},  # the bundle's asymmetric mixup
+        "trainer_cls": RegularisedSupervisedTrainer,
+    }
+    trainer, outputs, forwards = _policy_trainer(NormSeg(), _bundle_loss(), None, epochs=1, **mixup)
+    steps = []
+    trainer.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    trainer.run()
+    learner = trainer.policy_learner
+    assert learner.steps == 3 and learner.test_time_steps == 1 and learner.skipped == 0
+    assert not learner.reuses_lookahead_gradient  # the extra step blocks the reuse of the look-ahead's pass
+    assert len(steps) == 6  # step 1 and the mixup step of each iteration
+    assert all({"policy_meta_loss", "loss_mixup", "mixup_lambda"} <= set(o) for o in outputs)
+    assert [("test_time_loss" in o) for o in outputs] == [False, True, False]

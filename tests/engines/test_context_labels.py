@@ -13,11 +13,17 @@ import copy
 import pytest
 import torch
 from ignite.engine import Events
+from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
-from monai_imbalance.engines import ContextLabelLearner, ContextTargetLoss, RegularisedSupervisedTrainer
+from monai_imbalance.engines import (
+    ContextLabelIteration,
+    ContextLabelLearner,
+    ContextTargetLoss,
+    RegularisedSupervisedTrainer,
+)
 from monai_imbalance.losses import ContextLabelLoss, compose_context_target, context_foreground_bce
 
 C, T = 2, 2
@@ -167,18 +173,20 @@ def test_context_target_loss_composes_from_the_batch_probabilities():
     torch.testing.assert_close(adapter(pred, batch["label"]), expected)
 
 
-def _trainer(learner_config, network=None, epochs=1, **kw):
+def _trainer(learner, network=None, epochs=1, **kw):
+    """A ``SupervisedTrainer`` (a ``RegularisedSupervisedTrainer`` with extra steps) with the learner's hook."""
     torch.manual_seed(0)
     network = TinySeg() if network is None else network
     data = [_batch(i) for i in range(3)]
-    return RegularisedSupervisedTrainer(
+    cls = RegularisedSupervisedTrainer if "adversarial" in kw or "mixup" in kw else SupervisedTrainer
+    return cls(
         device=torch.device("cpu"),
         max_epochs=epochs,
         train_data_loader=data,
         network=network,
         optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
-        loss_function=ContextLabelLoss(),
-        context_labels=learner_config,
+        loss_function=ContextTargetLoss(ContextLabelLoss(), learner),
+        iteration_update=ContextLabelIteration(learner),
         **kw,
     )
 
@@ -217,13 +225,17 @@ def test_trainer_step_uses_the_detached_generator_target():
 
 def test_trainer_rejects_channel_mismatch_and_extra_steps():
     with pytest.raises(ValueError, match="out_channels=2"):
-        _trainer(_learner(), network=TinySeg(out_channels=2))
+        _trainer(_learner(), network=TinySeg(out_channels=2)).run()
     with pytest.raises(ValueError, match="cannot be combined"):
-        _trainer(_learner(), adversarial={"eps": 1.0})
+        _trainer(_learner(), adversarial={"eps": 1.0}).run()
     wrong_generator = _learner()
     wrong_generator.generator = TinySeg(3)
     with pytest.raises(ValueError, match="generator has out_channels=3"):
-        _trainer(wrong_generator)
+        _trainer(wrong_generator).run()
+    trainer = _trainer(_learner())
+    trainer.loss_function = ContextTargetLoss(ContextLabelLoss(), _learner())  # another learner's loss
+    with pytest.raises(ValueError, match="ContextTargetLoss of the same ContextLabelLearner"):
+        trainer.run()
 
 
 def _twin_trainers(generator_lr: float, meta_interval: int = 1, **kw):
@@ -306,9 +318,9 @@ def test_reuse_falls_back_without_a_finite_gradient_and_checks_its_settings():
     with pytest.raises(ValueError, match="reuse_lookahead_gradient must be true or false"):
         _learner(reuse_lookahead_gradient="yes")
     with pytest.raises(ValueError, match="SimpleInferer"):
-        _trainer(_learner(reuse_lookahead_gradient=True), inferer=SlidingWindowInferer(roi_size=SHAPE))
+        _trainer(_learner(reuse_lookahead_gradient=True), inferer=SlidingWindowInferer(roi_size=SHAPE)).run()
     with pytest.raises(ValueError, match="accumulation_steps"):
-        _trainer(_learner(reuse_lookahead_gradient=True), accumulation_steps=2)
+        _trainer(_learner(reuse_lookahead_gradient=True), accumulation_steps=2).run()
 
 
 def test_meta_step_runs_the_segmenter_in_training_mode_after_validation():
@@ -343,7 +355,7 @@ def test_reused_step_updates_batchnorm_statistics_as_the_normal_step():
     for trainer in trainers:
         trainer.run()
     plain, reused = trainers
-    assert reused.context_labels.steps == 6 and int(reused.network.norm.num_batches_tracked) == 6
+    assert learner.steps == 6 and int(reused.network.norm.num_batches_tracked) == 6
     for (name, a), b in zip(plain.network.state_dict().items(), reused.network.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)  # parameters and running statistics
     assert float((reused.network.norm.running_var - 1).abs().max()) > 1e-3  # the statistics did move

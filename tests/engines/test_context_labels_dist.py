@@ -25,7 +25,8 @@ WORKER = textwrap.dedent(
     import torch
     import torch.distributed as dist
     from torch import nn
-    from monai_imbalance.engines import ContextLabelLearner, RegularisedSupervisedTrainer
+    from monai.engines import SupervisedTrainer
+    from monai_imbalance.engines import ContextLabelIteration, ContextLabelLearner, ContextTargetLoss
     from monai_imbalance.losses import ContextLabelLoss, compose_context_target
 
     rank, out = int(sys.argv[1]), sys.argv[2]
@@ -69,9 +70,10 @@ WORKER = textwrap.dedent(
         num_classes=2, num_context=2, generator=gen, optimizer=torch.optim.SGD(gen.parameters(), lr=1.0),
         meta_interval=1, reuse_lookahead_gradient=True,
     )
-    trainer = RegularisedSupervisedTrainer(
+    trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch(rank)], network=ddp,
-        optimizer=torch.optim.SGD(ddp.parameters(), lr=0.1), loss_function=ContextLabelLoss(), context_labels=learner,
+        optimizer=torch.optim.SGD(ddp.parameters(), lr=0.1),
+        loss_function=ContextTargetLoss(ContextLabelLoss(), learner), iteration_update=ContextLabelIteration(learner),
     )
     trainer.run()
     torch.save(

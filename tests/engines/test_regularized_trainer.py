@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections import Counter
 
@@ -19,8 +18,7 @@ from monai.losses import DiceCELoss
 from monai.transforms import Activationsd, AsDiscreted, Compose
 from torch import nn
 
-from monai_imbalance.engines import RegularisedSupervisedTrainer, adversarial_perturbation, mixup_labels
-from monai_imbalance.engines.regularized_trainer import AdversarialConfig
+from monai_imbalance.engines import RegularisedSupervisedTrainer, mixup_labels
 
 C = 3  # 0 background, 1 common, 2 rare
 SHAPE = (8, 8, 8)
@@ -182,109 +180,43 @@ def test_same_iteration_events_as_supervised_trainer():
     assert ours["model_completed"] == 2
 
 
-@pytest.mark.parametrize("reuse_forward", [None, True, False])
-def test_adversarial_step_trains_on_perturbed_augmented_batch(reuse_forward):
+def test_adversarial_step_trains_on_perturbed_augmented_batch():
     data = _batches(n=1)
-    trainer, net, _ = _trainer(data, adversarial={**ADV, "reuse_forward": reuse_forward})
-    assert trainer.adversarial.reuses_forward is bool(reuse_forward)  # the authors' probe unless asked for
+    trainer, net, _ = _trainer(data, adversarial=ADV)
     seen = _record_inputs(net)
     _run(trainer)
     x = data[0]["image"]
     assert torch.equal(seen[0], x)
-    if trainer.adversarial.reuses_forward:
-        assert len(seen) == 2  # step 1 (which also gives the direction), the adversarial step
-    else:
-        assert len(seen) == 3  # step 1, the probe, the adversarial step
-        torch.testing.assert_close(seen[1], x, rtol=0, atol=1e-4)  # x + xi * d
+    assert len(seen) == 3  # step 1, the probe, the adversarial step
+    torch.testing.assert_close(seen[1], x, rtol=0, atol=1e-4)  # x + xi * d
     torch.testing.assert_close((seen[-1] - x).flatten(1).norm(dim=1), torch.full((2,), 10.0), rtol=1e-4, atol=0)
 
 
-def _reused_r_adv(data, seed: int = 0, net_cls=TinyNet, **adversarial) -> tuple[torch.Tensor, nn.Module]:
-    """``r_adv`` of the first iteration of a reuse_forward trainer, and a copy of the network before step 1."""
-    trainer, net, _ = _trainer(
-        data, seed=seed, net_cls=net_cls, adversarial={**ADV, "reuse_forward": True, **adversarial}
-    )
-    assert trainer.adversarial.reuses_forward
-    net_before = copy.deepcopy(net)
-    seen = _record_inputs(net)
-    _run(trainer)
-    assert len(seen) == 2 * len(data)
-    return seen[1] - data[0]["image"], net_before
-
-
-@pytest.mark.parametrize("net_cls", [TinyNet, BNNet])
-def test_reused_direction_is_gradient_at_x_and_matches_probe(net_cls):
-    data = _batches(n=1)
-    x, y = data[0]["image"], data[0]["label"]
-    r, net0 = _reused_r_adv(data, net_cls=net_cls)
-    torch.testing.assert_close(r.flatten(1).norm(dim=1), torch.full((2,), 10.0), rtol=1e-5, atol=0)
-    # independently: eps * normalize(grad_x of -(1/N) sum_i sum_c r_c y_ic log(p_ic(x) + 1e-6)), training mode
-    ref = copy.deepcopy(net0).train()
-    xg = x.clone().requires_grad_(True)
-    p = torch.softmax(ref(xg), dim=1)
-    onehot = torch.nn.functional.one_hot(y[:, 0], C).movedim(-1, 1).float()
-    rare = torch.tensor([0.0, 0.0, 1.0]).view(1, C, 1, 1, 1)
-    (g,) = torch.autograd.grad(-(rare * onehot * torch.log(p + 1e-6)).sum(1).mean(), xg)
-    g = g / g.flatten(1).abs().amax(1).view(-1, 1, 1, 1, 1)
-    expected = 10.0 * g / torch.sqrt((g**2).flatten(1).sum(1) + 1e-6).view(-1, 1, 1, 1, 1)
-    torch.testing.assert_close(r, expected, rtol=1e-4, atol=1e-5)
-    # the authors' probe at x + xi * d with the same weights: the same direction up to float rounding
-    torch.manual_seed(7)
-    probe = adversarial_perturbation(copy.deepcopy(net0), x, y, eps=10.0, xi=1e-5, rare_classes=[2])
-    cos = torch.nn.functional.cosine_similarity(r.flatten(1), probe.flatten(1), dim=1)
-    assert (cos > 0.999).all(), cos
-
-
-def test_reused_direction_ignores_non_rare_labels():
-    data = _batches(n=1)
-    y = data[0]["label"]
-    changed = [{**data[0], "label": torch.where(y == 2, y, 1 - y)}]  # swap background and the common class
-    assert not torch.equal(changed[0]["label"], y)
-    r1, _ = _reused_r_adv(data)
-    r2, _ = _reused_r_adv(changed)
-    torch.testing.assert_close(r1, r2, rtol=0, atol=1e-6)
-    s1, _ = _reused_r_adv(data, rare_classes=None)
-    s2, _ = _reused_r_adv(changed, rare_classes=None)
-    assert (torch.nn.functional.cosine_similarity(s1.flatten(1), s2.flatten(1), dim=1) < 0.99).all()
-
-
-@pytest.mark.parametrize("optim_set_to_none", [False, True])
-def test_reuse_forward_step1_identical_to_supervised_trainer(optim_set_to_none):
-    """Step 1's gradients, weights and running stats are exactly SupervisedTrainer's: no leak from the direction."""
+def test_iteration_update_that_calls_the_trainer_iteration_runs_the_extra_steps():
+    """A method plugged in as ``iteration_update`` (MONAI's hook) composes with the extra steps when it calls
+    ``engine._iteration``: same weights as the trainer alone, and its own output key next to the extra losses."""
     data = _batches(n=2)
-    kwargs = {"net_cls": BNNet, "optim_set_to_none": optim_set_to_none}
-    runs = {}
-    for name, extra in (("ref", {"cls": SupervisedTrainer}), ("reuse", {"adversarial": ADV})):
-        trainer, net, steps = _trainer(data, **extra, **dict(kwargs))
-        record: dict[str, list] = {"grads": [], "state": []}
-        trainer.add_event_handler(
-            IterationEvents.BACKWARD_COMPLETED,
-            lambda _e, n=net, r=record: r["grads"].append([p.grad.clone() for p in n.parameters()]),
-        )
-        trainer.add_event_handler(
-            IterationEvents.MODEL_COMPLETED,
-            lambda _e, n=net, r=record: r["state"].append({k: v.clone() for k, v in n.state_dict().items()}),
-        )
-        _run(trainer)
-        runs[name] = (record, net, steps)
-    (ref, _, ref_steps), (ours, net, steps) = runs["ref"], runs["reuse"]
-    assert len(ref_steps) == 2 and len(steps) == 4
-    for a, b in zip(ref["grads"][0], ours["grads"][0], strict=True):  # first iteration: same start
+    calls = []
+
+    def hook(engine, batchdata):
+        calls.append(engine.state.iteration)
+        output = engine._iteration(engine, batchdata)  # decollated: one dict per sample
+        for item in output:
+            item["hook"] = float(engine.state.iteration)
+        return output
+
+    plain, plain_net, _ = _trainer(data, adversarial=ADV, mixup=MIX, extra_loss_function=MaskedCE())
+    hooked, hooked_net, steps = _trainer(
+        data, adversarial=ADV, mixup=MIX, extra_loss_function=MaskedCE(), iteration_update=hook
+    )
+    assert hooked.extra_steps == ("adversarial", "mixup")
+    _run(plain)
+    _run(hooked)
+    assert calls == [1, 2] and len(steps) == 6  # three optimizer steps per iteration
+    out = hooked.state.output[0]
+    assert out["hook"] == 2.0 and {"loss_adversarial", "loss_mixup", "mixup_lambda"} <= set(out)
+    for a, b in zip(plain_net.parameters(), hooked_net.parameters(), strict=True):
         assert torch.equal(a, b)
-    for k, v in ref["state"][0].items():
-        assert torch.equal(v, ours["state"][0][k]), k
-    # running statistics: one update per optimizer step (step 1 and the adversarial step), none from the direction
-    assert int(net.bn.num_batches_tracked) == 4  # (InstanceNorm does not count; its stats are compared above)
-
-
-def test_reuse_forward_config():
-    assert not AdversarialConfig().reuses_forward  # default: the authors' probe
-    assert not AdversarialConfig(raw=True).reuses_forward
-    assert AdversarialConfig(xi=1e-3, reuse_forward=True).reuses_forward
-    assert AdversarialConfig.from_mapping({"reuse_forward": True}).reuses_forward
-    assert not AdversarialConfig.from_mapping({"reuse_forward": False}).reuses_forward
-    with pytest.raises(ValueError, match="reuse_forward=True needs raw=False"):
-        AdversarialConfig(raw=True, reuse_forward=True)
 
 
 @pytest.mark.parametrize("image_key, label_key", [("image_raw", "label_raw"), ("orig_image", "orig_label")])
@@ -382,7 +314,7 @@ def test_rare_classes_out_of_range_at_run_time():
         ({"adversarial": {"epsilon": 10}}, "epsilon"),
         ({"adversarial": {"rare_classes": [-1]}}, r"rare_classes=\[-1\]"),
         ({"adversarial": {"distribution": "laplace"}}, "laplace"),
-        ({"adversarial": {"raw": True, "reuse_forward": True}}, "reuse_forward"),
+        ({"adversarial": {"reuse_forward": True}}, "reuse_forward"),
         ({"adversarial": 10.0}, "adversarial"),
         ({"mixup": {"alpha": 0}}, "alpha=0"),
         ({"mixup": {"alpha": -0.2}}, "alpha=-0.2"),
@@ -390,7 +322,6 @@ def test_rare_classes_out_of_range_at_run_time():
         ({"mixup": {"margin": 1.0}}, "margin=1.0"),
         ({"mixup": {"rare_classes": "1"}}, "rare_classes='1'"),
         ({"mixup": {}, "accumulation_steps": 2}, "accumulation_steps=2"),
-        ({"mixup": {}, "iteration_update": lambda e, b: None}, "iteration_update"),
     ],
 )
 def test_bad_settings(kwargs, match):
