@@ -351,8 +351,8 @@ class ContextLabelIteration:
 
     Raises:
         ValueError: (first call) a loss that is not this learner's :class:`ContextTargetLoss`, a segmenter with the
-            wrong number of output channels, a trainer with adversarial / mixup steps (their targets are hard
-            labels), or ``reuse_lookahead_gradient`` with trainer settings that block it.
+            wrong number of output channels, a trainer with a mixup step or an adversarial step on the raw batch,
+            or ``reuse_lookahead_gradient`` with trainer settings that block it.
     """
 
     def __init__(self, learner: ContextLabelLearner | Mapping[str, Any]) -> None:
@@ -370,10 +370,15 @@ class ContextLabelIteration:
             )
         self.learner.check_segmenter(engine.network)
         extra = tuple(getattr(engine, "extra_steps", ()))
-        if extra:
+        if "mixup" in extra:
             raise ValueError(
-                f"context labels cannot be combined with the trainer's {', '.join(extra)} steps yet (their targets "
-                "are hard labels)."
+                "context labels cannot be combined with the trainer's mixup step yet (its target mixes hard labels, "
+                "not context targets)."
+            )
+        if "adversarial" in extra and getattr(engine.adversarial, "raw", False):
+            raise ValueError(
+                "context labels with the trainer's adversarial step need adversarial raw=false: the step's context "
+                "target is that of the (augmented) batch of the normal step."
             )
         blockers = lookahead_step_blockers(engine)
         if self.learner.reuse_lookahead_gradient and blockers:

@@ -139,3 +139,16 @@ def test_validation_postprocessing_keeps_the_paper_rule(dataset, tmp_path):
     fg = out["pred"][1]
     assert out["pred"].shape == (2, 5, 5, 5)
     assert torch.all(fg[0] == 1) and torch.all(fg[1:] == 0)
+
+
+def test_colab_training_with_performance_tracking(dataset, tmp_path, bundle):
+    """CoLab + the performance_estimation bundle's track.json: the estimators see the segmenter's K = C + t - 1
+    channels folded into the C classes (context channels into the background, the package's one rule)."""
+    track = Path(__file__).resolve().parents[2] / "bundles" / "performance_estimation" / "configs" / "track.json"
+    bundle.run(["train.json", track], dataset, tmp_path, epochs=1, track_estimators=["ac", "cs-ts"])
+    (file,) = sorted((tmp_path / "eval" / "estimates").glob("*.json"))
+    results = json.loads(file.read_text())
+    external = results["targets"]["external"]["mean"]
+    assert len(external["true"]) == 1  # one foreground class (C = 2), not the K - 1 = 2 channels of the segmenter
+    for name in ("ac", "cs-ts"):
+        assert 0.0 <= external["estimated"][name][0] <= 1.0

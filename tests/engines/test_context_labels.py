@@ -226,8 +226,10 @@ def test_trainer_step_uses_the_detached_generator_target():
 def test_trainer_rejects_channel_mismatch_and_extra_steps():
     with pytest.raises(ValueError, match="out_channels=2"):
         _trainer(_learner(), network=TinySeg(out_channels=2)).run()
-    with pytest.raises(ValueError, match="cannot be combined"):
-        _trainer(_learner(), adversarial={"eps": 1.0}).run()
+    with pytest.raises(ValueError, match="mixup step"):
+        _trainer(_learner(), mixup={"alpha": 0.2}).run()
+    with pytest.raises(ValueError, match="adversarial raw=false"):
+        _trainer(_learner(), adversarial={"eps": 1.0, "raw": True}).run()
     wrong_generator = _learner()
     wrong_generator.generator = TinySeg(3)
     with pytest.raises(ValueError, match="generator has out_channels=3"):
@@ -236,6 +238,26 @@ def test_trainer_rejects_channel_mismatch_and_extra_steps():
     trainer.loss_function = ContextTargetLoss(ContextLabelLoss(), _learner())  # another learner's loss
     with pytest.raises(ValueError, match="ContextTargetLoss of the same ContextLabelLearner"):
         trainer.run()
+
+
+def test_colab_composes_with_the_adversarial_step_on_the_context_target():
+    """CoLab + asymmetric adversarial training: the adversarial step trains on the same K-channel context target as
+    the normal step (the batch's context probabilities stay set during the trainer's extra step)."""
+    learner = _learner(meta_interval=2)
+    trainer = _trainer(learner, epochs=1, adversarial={"eps": 1.0, "rare_classes": [1]})
+    targets = []
+    loss = trainer.loss_function
+    inner = loss.loss_function
+    loss.loss_function = lambda pred, target: (targets.append(target.detach().clone()), inner(pred, target))[1]
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(dict(e.state.output[0])))
+    trainer.run()
+    assert learner.steps == 1 and all("loss_adversarial" in o for o in seen) and "meta_loss" in seen[1]
+    # per iteration: the normal step's target, then the adversarial step's (the meta step adds its look-ahead calls)
+    assert len(targets) >= 6 and all(t.shape[1] == K for t in targets)
+    normal, adversarial = targets[-2], targets[-1]
+    torch.testing.assert_close(normal, adversarial)  # the same context target for both steps of an iteration
+    assert float(normal[:, C:].sum()) > 0  # context channels beyond the foreground carry target mass
 
 
 def _twin_trainers(generator_lr: float, meta_interval: int = 1, **kw):
