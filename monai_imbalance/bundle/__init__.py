@@ -1,4 +1,5 @@
-"""Bundle tooling: offline Model Zoo checks (``python -m monai_imbalance.bundle verify bundles/<name>``)."""
+"""Bundle tooling: the Model Zoo's checks with MONAI's own functions, offline
+(``python -m monai_imbalance.bundle verify bundles/<name>``; see :mod:`monai_imbalance.bundle.verify`)."""
 
 from __future__ import annotations
 

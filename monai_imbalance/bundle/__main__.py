@@ -1,4 +1,5 @@
-"""Command line: ``python -m monai_imbalance.bundle verify bundles/<name> [--checks metadata,configs]``."""
+"""Command line: ``python -m monai_imbalance.bundle verify bundles/<name> [--checks metadata,configs] [--schema FILE]
+[--untrained]``."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument(
         "--checks", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)} (default: all)"
     )
+    verify.add_argument(
+        "--schema",
+        default=None,
+        help="metadata schema for MONAI's verify_metadata (e.g. the Zoo's meta_schema_*.json that metadata.json's "
+        "'schema' names, downloaded once); default: the offline schema shipped in monai_imbalance/bundle/schemas",
+    )
+    verify.add_argument(
+        "--untrained",
+        action="store_true",
+        help="without models/model.pt, export a freshly initialised network (reported as UNTRAINED) instead of failing",
+    )
     verify.add_argument("--verbose", action="store_true", help="keep MONAI's INFO logging")
     args = parser.parse_args(argv)
     if not args.verbose:
@@ -45,10 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for bundle in args.bundle:
         print(f"verify {bundle}", flush=True)
         start = time.perf_counter()
-        results = verify_bundle(bundle, checks, echo=lambda line: print(line, flush=True))
+        results = verify_bundle(
+            bundle,
+            checks,
+            echo=lambda line: print(line, flush=True),
+            schema_file=args.schema,
+            allow_untrained=args.untrained,
+        )
         bad = [r.name for r in results if not r.passed]
         failed = failed or bool(bad)
         verdict = f"FAILED ({', '.join(bad)})" if bad else "all checks passed"
+        if any(r.passed and r.message.startswith("UNTRAINED") for r in results):
+            verdict += " (UNTRAINED: no models/model.pt, the export checked a freshly initialised network)"
         print(f"{bundle}: {verdict} in {time.perf_counter() - start:.1f}s", flush=True)
     return 1 if failed else 0
 

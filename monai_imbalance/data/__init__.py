@@ -28,9 +28,15 @@ from .validation import (
     DataValidationError,
     ValidateSegmentationPaird,
     check_datalist_files,
+    data_error_in,
+    install_error_summary,
     parse_labels,
     read_dataset_json,
 )
+
+# Bundle configs import this package: an uncaught bad-input error then prints its message in one line before MONAI's
+# long config traceback (see monai_imbalance.data.validation.install_error_summary).
+install_error_summary()
 
 __all__ = [
     "label_view_mapping",
@@ -53,6 +59,8 @@ __all__ = [
     "prepare_dataset",
     "synthesize_case",
     "DataValidationError",
+    "data_error_in",
+    "install_error_summary",
     "SimulateDomainShiftd",
     "ValidateSegmentationPaird",
     "apply_shift",

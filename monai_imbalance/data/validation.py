@@ -12,6 +12,12 @@ Bad input must fail before training starts, with a message that names the file, 
   loaded voxels (label values in the declared set, finite intensities, matching shape and affine, empty
   foreground) and names the file. Put it in the cached, deterministic part of the pipeline: with
   ``CacheDataset`` every case is checked once, while the cache is filled, before the first iteration.
+
+A bundle config evaluates these checks inside MONAI's config parser, which wraps every error in a ``RuntimeError``
+("Failed to evaluate ConfigExpression ..."), so the message would sit in the middle of a long traceback.
+:func:`install_error_summary` (run when :mod:`monai_imbalance.data` is imported, as every bundle config does) makes
+an uncaught error whose chain holds a :class:`DataValidationError` print that message as one line,
+``ERROR: <message>``, before the traceback. Other errors, and errors that are caught, are left alone.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,8 @@ from monai.transforms import MapTransform
 
 __all__ = [
     "DataValidationError",
+    "data_error_in",
+    "install_error_summary",
     "read_dataset_json",
     "parse_labels",
     "check_datalist_files",
@@ -44,6 +53,55 @@ AFFINE_ATOL = 1e-3
 
 class DataValidationError(ValueError):
     """Raised when a dataset, a datalist entry or a loaded case is not usable; the message names the source."""
+
+
+def data_error_in(error: BaseException | None) -> DataValidationError | None:
+    """The first :class:`DataValidationError` in ``error`` and the exceptions it was raised from or during.
+
+    Args:
+        error: an exception (e.g. MONAI's ``RuntimeError`` wrapping a failed config expression).
+
+    Returns:
+        the data error, or None when the chain has none.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, DataValidationError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ if error.__cause__ is not None or error.__suppress_context__ else error.__context__
+    return None
+
+
+def _one_line(error: DataValidationError) -> str:
+    """The message in one line; for an error re-raised from a DataLoader worker, the original message only."""
+    text = str(error)
+    marker = f"{DataValidationError.__name__}: "
+    if "Original Traceback" in text and marker in text:  # torch's ExceptionWrapper keeps the type, adds the trace
+        text = text.rsplit(marker, 1)[1]
+    return " ".join(text.split())
+
+
+def install_error_summary() -> None:
+    """Make an uncaught error caused by bad input print its message in one line before the traceback.
+
+    Wraps ``sys.excepthook`` once (calling it again does nothing): when the chain of an uncaught exception holds a
+    :class:`DataValidationError` (see :func:`data_error_in`), ``ERROR: <message>`` goes to stderr first, then the
+    previous hook prints the traceback as usual. Any other exception goes to the previous hook untouched.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_monai_imbalance_error_summary", False):
+        return
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        found = data_error_in(exc)
+        if found is not None:
+            sys.stderr.write(f"ERROR: {_one_line(found)}\n")
+            sys.stderr.flush()
+        previous(exc_type, exc, tb)
+
+    hook._monai_imbalance_error_summary = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _dataset_json_path(dataset: str | os.PathLike) -> Path:

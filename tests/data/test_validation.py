@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -14,6 +15,8 @@ from monai.transforms import Compose, LoadImaged
 from monai_imbalance.data import (
     DataValidationError,
     ValidateSegmentationPaird,
+    data_error_in,
+    install_error_summary,
     load_datalist,
     make_phantom_dataset,
     parse_labels,
@@ -157,3 +160,53 @@ def test_a_2d_image_given_to_a_3d_bundle_is_named(root, tmp_path):
     ValidateSegmentationPaird(keys="image", labels=3, spatial_dims=3)(
         load({"image": entry["image"], "label": entry["label"]})
     )
+
+
+def _wrapped_data_error(message: str) -> RuntimeError:
+    """A data error as MONAI's config parser raises it: a RuntimeError from the failed expression."""
+    try:
+        try:
+            raise DataValidationError(message)
+        except DataValidationError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression: $load_datalist(...)") from e
+    except RuntimeError as wrapped:
+        return wrapped
+
+
+def test_data_error_in_follows_causes_and_contexts():
+    wrapped = _wrapped_data_error("'x/dataset.json' not found")
+    assert str(data_error_in(wrapped)) == "'x/dataset.json' not found"
+    try:
+        try:
+            raise DataValidationError("inner")
+        except DataValidationError:
+            raise KeyError("during handling")  # noqa: B904  (an implicit __context__, as a handler bug would make)
+    except KeyError as e:
+        assert str(data_error_in(e)) == "inner"
+    assert data_error_in(RuntimeError("unrelated")) is None and data_error_in(None) is None
+
+
+def test_error_summary_prints_one_line_before_the_traceback(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(sys, "excepthook", lambda *args: calls.append(args))
+    install_error_summary()
+    install_error_summary()  # idempotent: one wrapper only
+    hook = sys.excepthook
+    wrapped = _wrapped_data_error("'d/dataset.json' has no 'training' key\n(MSD layout).")
+    hook(RuntimeError, wrapped, wrapped.__traceback__)
+    assert capsys.readouterr().err == "ERROR: 'd/dataset.json' has no 'training' key (MSD layout).\n"
+    assert calls == [(RuntimeError, wrapped, wrapped.__traceback__)]  # then the usual traceback
+    other = ValueError("not a data error")
+    hook(ValueError, other, None)
+    assert capsys.readouterr().err == "" and calls[-1] == (ValueError, other, None)
+
+
+def test_error_summary_of_an_error_reraised_from_a_loader_worker(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "excepthook", lambda *args: None)
+    install_error_summary()
+    text = (
+        "Caught DataValidationError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        "  File \"x.py\", line 1, in f\nmonai_imbalance.data.validation.DataValidationError: label 'a.nii' has 3 values"
+    )
+    sys.excepthook(DataValidationError, DataValidationError(text), None)
+    assert capsys.readouterr().err == "ERROR: label 'a.nii' has 3 values\n"
