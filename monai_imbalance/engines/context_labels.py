@@ -56,7 +56,7 @@ from .lookahead import (
     step_from_lookahead,
 )
 
-__all__ = ["ContextLabelIteration", "ContextLabelLearner", "ContextTargetLoss"]
+__all__ = ["LOOKAHEAD_MODES", "ContextLabelIteration", "ContextLabelLearner", "ContextTargetLoss"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,12 @@ _ALLOWED = (
     "method",
     "r",
     "meta_lr",
+    "lookahead",
     "reuse_lookahead_gradient",
 )
+
+#: How the meta step splits the batch: the authors' one look-ahead and generator step per sample, or one for the batch.
+LOOKAHEAD_MODES = ("per_sample", "batched")
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -92,10 +96,11 @@ def _optional_key(name: str, value: Any) -> str | None:
 class ContextLabelLearner:
     """Settings and state of context-label training (CoLab, Li et al., IEEE TMI 2023).
 
-    With a generator, every ``meta_interval`` iterations before the normal step: the one-step look-ahead
-    hypergradient (:func:`~monai_imbalance.engines.lookahead_hypergradient`) of a virtual SGD step of the segmenter on
-    the context target (learning rate: the segmenter's current one), the foreground BCE of the updated segmenter on
-    the same batch (the paper's meta-objective: the "validation" data is the training batch itself), and its
+    With a generator, every ``meta_interval`` iterations before the normal step, for each sample in turn (the
+    authors' loop; ``lookahead="batched"``: once for the batch): the one-step look-ahead hypergradient
+    (:func:`~monai_imbalance.engines.lookahead_hypergradient`) of a virtual SGD step of the segmenter on the context
+    target (learning rate: the segmenter's current one), the foreground BCE of the updated segmenter on the same
+    data (the paper's meta-objective: the "validation" data is the training sample itself), and its
     gradient back to ``phi``; the generator's own optimizer steps on it. A zero or non-finite gradient skips the
     update (logged, counted in ``skipped``). The normal step then trains on
     :func:`~monai_imbalance.losses.compose_context_target` of the detached context probabilities of the updated
@@ -119,14 +124,20 @@ class ContextLabelLearner:
         r: finite-difference scale ``R = r / ||v||``; ``None``: the method's default (the authors' 0.01 for the
             central difference; 1e-3 for the one-sided one).
         meta_lr: the virtual step's learning rate; ``None``: the segmenter optimizer's current learning rate.
+        lookahead: ``"per_sample"`` (default, the authors' loop over the batch): each sample in turn gets its own
+            look-ahead and generator step, its context labels computed by the generator as the previous sample left
+            it, so a meta step takes ``B`` generator updates and has no cross-sample terms; ``"batched"``: one
+            look-ahead of the batch-mean loss and one generator update per meta step (``B`` times fewer updates,
+            about ``B`` times cheaper).
         reuse_lookahead_gradient: on meta iterations, let the normal step reuse the look-ahead's gradient and
             prediction at ``theta``: the segmenter then steps on the target of the generator *before* its update
             (a simultaneous instead of the authors' alternating update, on one iteration in ``meta_interval``). It
             runs in float32 without autocast, needs a ``SimpleInferer`` and ``accumulation_steps=1``, and falls back
             to the normal step when the look-ahead's gradient is not finite. Default ``False``: the authors' order,
             the normal step recomputes both with the updated generator.
-        steps: meta steps taken (updated or skipped).
-        skipped: meta steps whose update was skipped (zero or non-finite gradient).
+        steps: meta steps taken.
+        updates: generator updates attempted (``B`` per meta step with ``lookahead="per_sample"``, else 1).
+        skipped: generator updates skipped (zero or non-finite gradient).
     """
 
     num_classes: int
@@ -140,8 +151,10 @@ class ContextLabelLearner:
     method: str = "finite_difference"
     r: float | None = None
     meta_lr: float | None = None
+    lookahead: str = "per_sample"
     reuse_lookahead_gradient: bool = False
     steps: int = 0
+    updates: int = 0
     skipped: int = 0
     _train_step: LookaheadTrainStep | None = field(default=None, init=False, repr=False)
 
@@ -168,6 +181,13 @@ class ContextLabelLearner:
             raise ValueError(
                 "context_labels reuse_lookahead_gradient must be true or false, got "
                 f"reuse_lookahead_gradient={self.reuse_lookahead_gradient!r}."
+            )
+        if self.lookahead not in LOOKAHEAD_MODES:
+            raise ValueError(f"context_labels lookahead must be one of {LOOKAHEAD_MODES}, got {self.lookahead!r}.")
+        if self.reuse_lookahead_gradient and self.lookahead != "batched":
+            raise ValueError(
+                "context_labels reuse_lookahead_gradient=true needs lookahead='batched' (the normal step reuses one "
+                f"look-ahead pass of the whole batch), got lookahead={self.lookahead!r}."
             )
 
     @classmethod
@@ -239,7 +259,10 @@ class ContextLabelLearner:
         label: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> dict[str, float]:
-        """One generator update by the one-step look-ahead hypergradient (CoLab's meta-objective).
+        """The generator's meta step: one-step look-ahead hypergradients (CoLab's meta-objective) and its updates.
+
+        One update per sample, in turn (``lookahead="per_sample"``), or one for the batch (``"batched"``); the
+        generator's scheduler steps once per meta step.
 
         Args:
             network: the segmenter (a DDP wrapper is unwrapped), ``K`` output channels.
@@ -250,14 +273,43 @@ class ContextLabelLearner:
             mask: the distance restriction ``(B, 1, *spatial)`` or ``None``.
 
         Returns:
-            ``{"meta_loss": L_val(theta') before the update, "meta_skipped": 0.0 or 1.0}``. With
-            ``reuse_lookahead_gradient``, the training pass at ``theta`` is kept for :meth:`pop_train_step`.
+            ``{"meta_loss": L_val(theta') before each update (mean over the updates), "meta_skipped": the fraction of
+            the updates skipped}``. With ``reuse_lookahead_gradient``, the training pass at ``theta`` is kept for
+            :meth:`pop_train_step`.
         """
         assert self.generator is not None and self.optimizer is not None
         self._train_step = None
         segmenter = unwrap_module(network)
         lr = float(self.meta_lr if self.meta_lr is not None else segmenter_optimizer.param_groups[0]["lr"])
         self.generator.train()
+        self.steps += 1
+        if self.lookahead == "batched":
+            samples = [(image, label, mask)]
+        else:
+            samples = [
+                (image[b : b + 1], label[b : b + 1], None if mask is None else mask[b : b + 1])
+                for b in range(image.shape[0])
+            ]
+        val_losses, skipped = [], 0
+        for x, y, m in samples:
+            val_loss, was_skipped = self._generator_update(segmenter, loss_function, lr, x, y, m)
+            val_losses.append(val_loss)
+            skipped += int(was_skipped)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        return {"meta_loss": sum(val_losses) / len(val_losses), "meta_skipped": skipped / len(samples)}
+
+    def _generator_update(
+        self,
+        segmenter: torch.nn.Module,
+        loss_function: Callable,
+        lr: float,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> tuple[float, bool]:
+        """One look-ahead on ``image`` (a sample or the batch) and one generator step; ``(L_val(theta'), skipped)``."""
+        assert self.generator is not None and self.optimizer is not None
         # the generator runs once: the hypergradient is taken w.r.t. its soft labels q and then back-propagated
         # through q to phi by apply_hypergradient (the chain rule the authors' three generator passes compute).
         # The target is composed once; every call of train_loss differentiates through the same graph to q.
@@ -275,7 +327,7 @@ class ContextLabelLearner:
             return context_foreground_bce(pred, label, self.num_classes)
 
         result = lookahead_hypergradient(segmenter, train_loss, val_loss, [q], lr, method=self.method, r=self.r)
-        self.steps += 1
+        self.updates += 1
         self._train_step = first.step(result)
         skipped, reason = result.skipped, result.reason
         self.optimizer.zero_grad(set_to_none=True)
@@ -287,15 +339,13 @@ class ContextLabelLearner:
         if skipped:
             self.skipped += 1
             logger.warning(
-                "CoLab meta step %d skipped (%s); %d of %d meta steps skipped so far.",
-                self.steps,
+                "CoLab generator update %d skipped (%s); %d of %d updates skipped so far.",
+                self.updates,
                 reason,
                 self.skipped,
-                self.steps,
+                self.updates,
             )
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.step()
-        return {"meta_loss": float(result.val_loss), "meta_skipped": float(skipped)}
+        return float(result.val_loss), skipped
 
     def pop_train_step(self) -> LookaheadTrainStep | None:
         """The last meta step's training pass at ``theta`` (``reuse_lookahead_gradient``), once; else ``None``."""

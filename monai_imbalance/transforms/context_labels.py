@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
+from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_tensor
@@ -111,23 +112,25 @@ def context_distance_mask(
     label: NdarrayOrTensor,
     tau_sub: float = 30.0,
     tau_dev: float = 20.0,
-    spacing: Sequence[float] | float | None = None,
+    spacing: Sequence[float] | float | str | None = None,
     on_empty: str = "zero",
 ) -> NdarrayOrTensor:
     """CoLab's distance restriction ``M = min(1, exp((tau_sub - D) / tau_dev))`` (the authors' ``--distdetach``).
 
     ``D`` is the Euclidean distance of every voxel to the nearest foreground voxel (the union of all classes ``> 0``;
     ``D = 0`` on the foreground, so ``M = 1`` there), computed with :func:`scipy.ndimage.distance_transform_edt` in
-    voxel units (``spacing=None``, as the authors, whose images are resampled) or in physical units (``spacing``).
+    voxel units (``spacing=None``, as the authors' code on its resampled images) or in physical units (``spacing``;
+    ``"pixdim"``: the label's own voxel size, so ``tau_sub`` and ``tau_dev`` are millimetres at any resolution).
     The authors' map is signed (``D <= 0`` inside), which gives the same ``M``. ``M = 1`` within ``tau_sub`` of the
     foreground and falls off as ``exp(-(D - tau_sub) / tau_dev)`` beyond: far background becomes hard context 0.
     Compute it on the whole image, before patch extraction (the distance must see foreground outside the patch).
 
     Args:
         label: ``(1, *spatial)`` class indices (numpy array, tensor or MetaTensor).
-        tau_sub: distance (voxels, or ``spacing`` units) up to which ``M = 1``; README default 30.
-        tau_dev: fall-off scale ``> 0``; README default 20.
-        spacing: voxel spacing per spatial dim (or one number) for physical distances; ``None``: voxel units.
+        tau_sub: distance (voxels, or ``spacing`` units) up to which ``M = 1``; the authors' 30 voxels.
+        tau_dev: fall-off scale ``> 0``; the authors' 20 voxels.
+        spacing: voxel spacing per spatial dim (or one number) for physical distances; ``"pixdim"``: that of the
+            MetaTensor ``label``; ``None``: voxel units.
         on_empty: what a label without foreground gives: ``"zero"`` (default: ``M = 0``, every background voxel hard
             context 0, as ``D = +inf``; a warning is issued), ``"one"`` (``M = 1``: no restriction) or ``"raise"``.
 
@@ -136,7 +139,8 @@ def context_distance_mask(
 
     Raises:
         ValueError: ``tau_dev <= 0``, a non-finite ``tau_sub``, a label that is not ``(1, *spatial)``, a ``spacing``
-            of the wrong length, an unknown ``on_empty``; an empty foreground with ``on_empty="raise"``.
+            of the wrong length (or ``"pixdim"`` without a MetaTensor), an unknown ``on_empty``; an empty foreground
+            with ``on_empty="raise"``.
     """
     name = "context_distance_mask"
     tau_sub = _finite(tau_sub, "tau_sub", name)
@@ -145,6 +149,13 @@ def context_distance_mask(
         raise ValueError(f"{name}: on_empty must be one of {EMPTY_FOREGROUND_MODES}, got on_empty={on_empty!r}.")
     arr = _label_array(label, name)
     nd = arr.ndim - 1
+    if isinstance(spacing, str):
+        if spacing != "pixdim" or not isinstance(label, MetaTensor):
+            raise ValueError(
+                f"{name}: spacing='pixdim' reads the voxel size from a MetaTensor label's meta data, got "
+                f"spacing={spacing!r} and a {type(label).__name__} label."
+            )
+        spacing = [float(v) for v in label.pixdim[:nd]]
     if spacing is not None:
         spacing = [float(spacing)] * nd if np.isscalar(spacing) else [float(s) for s in spacing]  # type: ignore[union-attr]
         if len(spacing) != nd or min(spacing) <= 0:
@@ -185,7 +196,7 @@ class ContextDistanceMaskd(MapTransform):
 
     Example::
 
-        ContextDistanceMaskd(keys="label", mask_key="context_mask", tau_sub=30, tau_dev=20)
+        ContextDistanceMaskd(keys="label", mask_key="context_mask", tau_sub=30, tau_dev=20, spacing="pixdim")  # mm
     """
 
     def __init__(
@@ -194,7 +205,7 @@ class ContextDistanceMaskd(MapTransform):
         mask_key: Hashable = "context_mask",
         tau_sub: float = 30.0,
         tau_dev: float = 20.0,
-        spacing: Sequence[float] | float | None = None,
+        spacing: Sequence[float] | float | str | None = None,
         on_empty: str = "zero",
         allow_missing_keys: bool = False,
     ) -> None:

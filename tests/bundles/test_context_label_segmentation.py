@@ -59,7 +59,9 @@ def test_colab_training_updates_the_generator_and_checkpoints_it(trained):
     assert {"generator", "generator_optimizer", "generator_lr_scheduler"} <= set(latest)
     assert latest["generator_lr_scheduler"]["last_epoch"] == 4  # stepped once per meta step
     adam = latest["generator_optimizer"]["state"]
-    assert adam and all(int(state["step"]) == 4 for state in adam.values())  # 4 generator updates, none skipped
+    # the authors' per-sample loop: one generator update per sample (batch 2 x 2 samples), none skipped
+    assert learner.updates == 4 * 2 * 2
+    assert adam and all(int(state["step"]) == 16 for state in adam.values())
     best = torch.load(root / "models" / "model.pt", weights_only=True)
     assert best["output_block.conv.conv.weight"].shape[0] == 3  # K = C + t - 1 = 3 segmenter channels
     assert sorted(p.name for p in (root / "eval" / "context_labels").glob("*.png")) == [

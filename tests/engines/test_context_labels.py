@@ -62,6 +62,7 @@ def _learner(**kw) -> ContextLabelLearner:
         generator=generator,
         optimizer=torch.optim.SGD(generator.parameters(), lr=1.0),
         meta_interval=1,
+        lookahead="batched",  # one update per meta step; the authors' per-sample loop is tested on its own
     )
     return ContextLabelLearner(**{**defaults, **kw})
 
@@ -381,3 +382,37 @@ def test_reused_step_updates_batchnorm_statistics_as_the_normal_step():
     for (name, a), b in zip(plain.network.state_dict().items(), reused.network.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)  # parameters and running statistics
     assert float((reused.network.norm.running_var - 1).abs().max()) > 1e-3  # the statistics did move
+
+
+def test_per_sample_meta_step_is_the_authors_loop_over_the_batch():
+    """``lookahead="per_sample"`` (the authors' ``for kbatch`` loop): one look-ahead and one generator update per
+    sample, each on the context labels of the generator as the previous sample's update left it."""
+    batch = _batch(b=3)
+    seg = TinySeg()
+    learner = _learner(lookahead="per_sample")
+    reference = _learner(lookahead="batched")  # same seed: the same initial generator
+    for a, b in zip(learner.generator.parameters(), reference.generator.parameters(), strict=True):
+        assert torch.equal(a, b)
+    out = learner.meta_step(seg, ContextLabelLoss(), torch.optim.SGD(seg.parameters(), lr=0.1), *batch.values(), None)
+    losses = []
+    for b in range(3):  # the loop, by hand: the batched meta step on one sample at a time
+        one = {k: v[b : b + 1] for k, v in batch.items()}
+        losses.append(
+            reference.meta_step(seg, ContextLabelLoss(), torch.optim.SGD(seg.parameters(), lr=0.1), *one.values(), None)
+        )
+    assert learner.steps == 1 and learner.updates == 3 and reference.updates == 3 and learner.skipped == 0
+    for a, b in zip(learner.generator.parameters(), reference.generator.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert out["meta_loss"] == pytest.approx(sum(o["meta_loss"] for o in losses) / 3, rel=1e-5)
+    # the batched form is another update: one step on the batch-mean hypergradient
+    batched = _learner(lookahead="batched")
+    batched.meta_step(seg, ContextLabelLoss(), torch.optim.SGD(seg.parameters(), lr=0.1), *batch.values(), None)
+    diff = max(
+        float((a - b).abs().max())
+        for a, b in zip(batched.generator.parameters(), learner.generator.parameters(), strict=True)
+    )
+    assert batched.updates == 1 and diff > 1e-4
+    with pytest.raises(ValueError, match="lookahead='batched'"):
+        _learner(lookahead="per_sample", reuse_lookahead_gradient=True)
+    with pytest.raises(ValueError, match="lookahead must be one of"):
+        _learner(lookahead="vmap")

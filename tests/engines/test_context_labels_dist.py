@@ -68,7 +68,7 @@ WORKER = textwrap.dedent(
     ddp = nn.parallel.DistributedDataParallel(seg)
     learner = ContextLabelLearner(
         num_classes=2, num_context=2, generator=gen, optimizer=torch.optim.SGD(gen.parameters(), lr=1.0),
-        meta_interval=1, reuse_lookahead_gradient=True,
+        meta_interval=1, reuse_lookahead_gradient=True, lookahead="batched",
     )
     trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch(rank)], network=ddp,

@@ -51,6 +51,22 @@ def test_distance_mask_formula(spacing):
     assert mask[0][d >= 25].max() < 1e-4  # ~0 far away (exp(-10) at d = 25)
 
 
+def test_distance_mask_in_mm_from_the_label_meta_data():
+    """``spacing="pixdim"``: distances in mm are voxels times the label's own voxel size, at any resolution."""
+    from monai.data import MetaTensor
+
+    arr = _point_label()
+    label = MetaTensor(torch.from_numpy(arr), affine=torch.diag(torch.tensor([2.0, 0.5, 1.0, 1.0])))
+    mask = context_distance_mask(label, tau_sub=6.0, tau_dev=2.0, spacing="pixdim")
+    d_mm = _grid_distance((41, 41), (20, 12), (2.0, 0.5))
+    np.testing.assert_allclose(np.asarray(mask[0]), np.minimum(1.0, np.exp((6.0 - d_mm) / 2.0)), rtol=1e-5, atol=1e-7)
+    assert isinstance(mask, MetaTensor) and torch.equal(mask.affine, label.affine)
+    coarse = context_distance_mask(label, tau_sub=6.0, tau_dev=2.0)  # voxel units: another mask at this spacing
+    assert not np.allclose(np.asarray(coarse), np.asarray(mask))
+    with pytest.raises(ValueError, match="pixdim"):
+        context_distance_mask(arr, spacing="pixdim")  # no meta data to read it from
+
+
 def test_distance_mask_then_compose_far_background_is_context_0():
     label = torch.from_numpy(_point_label(value=2)).long()
     mask = torch.as_tensor(context_distance_mask(label.numpy(), tau_sub=3.0, tau_dev=1.0))
