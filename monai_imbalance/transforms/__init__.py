@@ -15,6 +15,11 @@ Context label learning (Li, Kamnitsas, Ouyang, Chen, Glocker, IEEE TMI 2023):
   ``K = C + t - 1`` channel target.
 - :class:`CollapseContextChannels` / :class:`CollapseContextChannelsd`: ``K`` channels -> the ``C`` original classes
   at inference (context channels = background).
+
+Inference pre-processing:
+
+- :class:`MetaSafeSpacingd`: MONAI's ``Spacingd`` that leaves entries ``<key>_*`` which are not meta dictionaries
+  (MONAI Label's ``image_path``) alone, so ``inference.json`` runs unchanged in a MONAI Label server.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .context_labels import (
     kmeans_context_labels,
 )
 from .policy_augment import DEFAULT_BINS_KEY, DEFAULT_GROUP_KEY, PolicyAugmentd
+from .spatial import MetaSafeSpacingd
 
 __all__ = [
     "DEFAULT_BINS_KEY",
@@ -45,6 +51,7 @@ __all__ = [
     "ContextTargetd",
     "DilatedRingContextLabelsd",
     "KMeansContextLabelsd",
+    "MetaSafeSpacingd",
     "PolicyAugmentd",
     "RandCropByLabelClassesWithCentreClassd",
     "RemapContextLabelsd",
