@@ -10,6 +10,12 @@ but a whole volume need not match its strides), takes the argmax over the ``t`` 
 :func:`~monai_imbalance.visualize.plot_context_montage` as ``context_labels_epoch<NNNN>.png`` (and as a TensorBoard
 image when ``log_dir`` or ``summary_writer`` is given). The generator's train/eval mode is restored afterwards and no
 gradient is recorded, so training is unaffected.
+
+With each montage it logs how far the generator has moved, so that a CoLab result no better than vanilla can be told
+apart from a generator that never learned: the relative change of its parameters since the run started
+``||phi - phi_0|| / ||phi_0||``, the mean entropy of its context probabilities over the case's background voxels
+(normalised by ``log t``: 1 is uniform, 0 is hard labels) and the share of background voxels in each context class
+(:attr:`history`; also TensorBoard scalars and the training log).
 """
 
 from __future__ import annotations
@@ -91,10 +97,46 @@ class ContextLabelMontageHandler:
         self.image_key = image_key
         self.label_key = label_key
         self.last_path: Path | None = None
+        self.history: list[dict[str, Any]] = []
+        self._start: list[torch.Tensor] | None = None
 
     def attach(self, engine: Engine) -> None:
         """Draw at the end of every ``interval``-th epoch and of the last epoch of ``engine``."""
+        engine.add_event_handler(Events.STARTED, self._remember_start)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _remember_start(self, engine: Engine) -> None:
+        """Keep the generator's parameters at the start of the run (after a resumed checkpoint is loaded)."""
+        self._start = [p.detach().clone() for p in self.generator.parameters()]
+
+    @torch.no_grad()
+    def statistics(self, logits: torch.Tensor, label: torch.Tensor) -> dict[str, Any]:
+        """How far the generator moved: parameter change since the start, context entropy and class shares.
+
+        Args:
+            logits: the generator's output on the case ``(t, *spatial)``.
+            label: the case's label ``(1, *spatial)`` or ``(*spatial)``; background is ``0``.
+
+        Returns:
+            ``{"parameter_change": ||phi - phi_0|| / ||phi_0|| (None before the start is known), "entropy": mean
+            normalised entropy over background voxels (None when t = 1), "shares": [share of background voxels
+            per context class]}``.
+        """
+        change = None
+        if self._start is not None:
+            params = [p.detach() for p in self.generator.parameters()]
+            diff = sum(float(((p - p0.to(p.device)) ** 2).sum()) for p, p0 in zip(params, self._start, strict=True))
+            ref = sum(float((p0**2).sum()) for p0 in self._start)
+            change = (diff / max(ref, 1e-30)) ** 0.5
+        background = label.reshape(logits.shape[1:]).to(logits.device) == 0
+        t = int(logits.shape[0])
+        probs = torch.softmax(logits.float(), dim=0)[:, background]  # (t, N_bg)
+        entropy = None
+        if t > 1 and probs.shape[1] > 0:
+            entropy = float((-(probs * torch.log(probs.clamp_min(1e-12))).sum(0) / np.log(t)).mean())
+        counts = torch.bincount(probs.argmax(0), minlength=t).float() if probs.shape[1] else torch.zeros(t)
+        shares = (counts / counts.sum().clamp_min(1.0)).tolist()
+        return {"parameter_change": change, "entropy": entropy, "shares": shares}
 
     def _case(self) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.dataset[self.index]
@@ -112,6 +154,12 @@ class ContextLabelMontageHandler:
         Returns:
             the map ``(*spatial)`` (long, on the CPU) and ``t``, the generator's number of output channels.
         """
+        logits = self.context_logits(image)
+        return logits.argmax(0).cpu(), int(logits.shape[0])
+
+    @torch.no_grad()
+    def context_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """The generator's logits ``(t, *spatial)`` on a whole image ``(C_in, *spatial)`` (sliding windows)."""
         device = self.device
         if device is None:
             device = next(self.generator.parameters()).device
@@ -123,8 +171,7 @@ class ContextLabelMontageHandler:
             )
         finally:
             self.generator.train(was_training)
-        logits = plain_tensor(logits, detach=True)[0]
-        return logits.argmax(0).cpu(), int(logits.shape[0])
+        return plain_tensor(logits, detach=True)[0]
 
     def __call__(self, engine: Engine) -> None:
         epoch = engine.state.epoch
@@ -133,7 +180,18 @@ class ContextLabelMontageHandler:
         from monai_imbalance.visualize import plot_context_montage, save_figure
 
         image, label = self._case()
-        context, num_context = self.context_map(image)
+        logits = self.context_logits(image)
+        context, num_context = logits.argmax(0).cpu(), int(logits.shape[0])
+        stats = {"epoch": epoch, **self.statistics(logits, label)}
+        self.history.append(stats)
+        logger.info(
+            "CoLab generator at epoch %d: parameters moved %s since the start of the run; context entropy %s "
+            "(1 = uniform); background shares per context class %s",
+            epoch,
+            "n/a" if stats["parameter_change"] is None else f"{100 * stats['parameter_change']:.3g} %",
+            "n/a" if stats["entropy"] is None else f"{stats['entropy']:.3f}",
+            [round(v, 3) for v in stats["shares"]],
+        )
         fig = plot_context_montage(
             image[0].numpy(),
             label.reshape(label.shape[-3:]).numpy(),
@@ -144,6 +202,9 @@ class ContextLabelMontageHandler:
         )
         writer = self._writer()
         if writer is not None:
+            for name in ("parameter_change", "entropy"):
+                if stats[name] is not None:
+                    writer.add_scalar(f"context_generator/{name}", stats[name], epoch)
             fig.canvas.draw()
             rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
             writer.add_image("context_labels", rgb, epoch, dataformats="HWC")

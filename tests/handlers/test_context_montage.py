@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from monai_imbalance.handlers import ContextLabelMontageHandler
 from monai_imbalance.visualize import montage_slices, plot_context_montage
@@ -87,3 +87,36 @@ def test_handler_rejects_bad_arguments(tmp_path):
     handler = ContextLabelMontageHandler(_ThresholdGenerator(), [{"image": image}], 2, tmp_path, (8, 8, 8))
     with pytest.raises(KeyError, match="'label'"):
         handler._case()
+
+
+def test_handler_reports_how_far_the_generator_moved(tmp_path):
+    """Parameter change since the start of the run, context entropy over background, context class shares."""
+    image, label = _case()
+    generator = _ThresholdGenerator()
+    handler = ContextLabelMontageHandler(
+        generator, [{"image": image, "label": label}], num_classes=2, output_dir=tmp_path, roi_size=(8, 8, 8)
+    )
+    engine = Engine(lambda e, b: None)
+    handler.attach(engine)
+
+    @engine.on(Events.EPOCH_STARTED)
+    def learn(_):  # the "meta step": the generator's scale goes 10 -> 12 -> 14
+        with torch.no_grad():
+            generator.scale += 2.0
+
+    engine.run([0], max_epochs=2)
+    assert [h["epoch"] for h in handler.history] == [2]  # interval 5: only the last epoch
+    stats = handler.history[-1]
+    assert stats["parameter_change"] == pytest.approx(0.4)  # |14 - 10| / 10
+    # independent: binary entropy of softmax([-s x, s x]) over background voxels, normalised by log 2
+    background = label[0] == 0
+    p = torch.sigmoid(2 * 14.0 * image[0][background].double())
+    h = -(p * torch.log(p) + (1 - p) * torch.log(1 - p)) / np.log(2)
+    assert stats["entropy"] == pytest.approx(float(h.mean()), rel=1e-4)
+    share_bright = float((image[0][background] > 0).double().mean())
+    assert stats["shares"] == pytest.approx([1 - share_bright, share_bright])
+    # hard (scale 1e3) labels: entropy near 0; a frozen generator: no parameter change
+    frozen = handler.statistics(torch.cat([-1e3 * image, 1e3 * image]), label)
+    assert frozen["parameter_change"] == pytest.approx(0.4) and frozen["entropy"] < 0.01
+    handler._remember_start(engine)
+    assert handler.statistics(handler.context_logits(image), label)["parameter_change"] == 0.0
