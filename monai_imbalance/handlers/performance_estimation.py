@@ -178,6 +178,52 @@ def format_estimates(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _label_indices(label: Any, logits: torch.Tensor, owner: str) -> torch.Tensor:
+    """``(B, *S)`` long class indices of a ``(B, 1, *S)`` index or ``(B, C, *S)`` one-hot label of ``logits``."""
+    label = plain_tensor(label, detach=True)
+    c = logits.shape[1]
+    if label.ndim == logits.ndim and label.shape[1] == 1:
+        labels = label[:, 0]
+    elif label.ndim == logits.ndim and label.shape[1] == c and c > 1:
+        labels = label.argmax(1)
+    else:
+        raise ValueError(
+            f"{owner}: label of shape {tuple(label.shape)} does not fit logits {tuple(logits.shape)}; expected "
+            "(B, 1, *spatial) indices or (B, C, *spatial) one-hot."
+        )
+    return (labels.round() if labels.is_floating_point() else labels).long()
+
+
+def _case_names(engine: Engine, image_key: str, default: list[str]) -> list[str]:
+    """The file names of the batch's images (``filename_or_obj`` of their meta data), else ``default``."""
+    for source in (engine.state.batch, engine.state.output):
+        if not isinstance(source, Mapping):
+            continue
+        meta = getattr(source.get(image_key), "meta", None)
+        if not isinstance(meta, Mapping) or "filename_or_obj" not in meta:
+            meta = source.get(f"{image_key}_meta_dict")
+        if isinstance(meta, Mapping) and "filename_or_obj" in meta:
+            names = meta["filename_or_obj"]
+            names = [names] if isinstance(names, (str, os.PathLike)) else list(names)
+            if len(names) == len(default):
+                return [_case_name(n, d) for n, d in zip(names, default, strict=True)]
+    return default
+
+
+def _add_scalars(writer: Any, results: Mapping[str, Any], step: int) -> None:
+    """TensorBoard scalars of :meth:`PerformanceEstimationHandler.report`'s results: estimated, error, true Dice."""
+    for target, res in results["targets"].items():
+        mean = res["mean"]
+        for k, name in enumerate(results["classes"]):
+            for spec in results["estimators"]:
+                writer.add_scalar(f"estimated_dice/{target}/{name}/{spec}", mean["estimated"][spec][k], step)
+                if mean["abs_error"] is not None:
+                    writer.add_scalar(f"estimation_error/{target}/{name}/{spec}", mean["abs_error"][spec][k], step)
+            if mean["true"] is not None and not math.isnan(mean["true"][k]):
+                writer.add_scalar(f"true_dice/{target}/{name}", mean["true"][k], step)
+    writer.flush()
+
+
 class PerformanceEstimationHandler:
     """Fit performance estimators on a labelled evaluator run and estimate the Dice on unlabelled runs.
 
@@ -375,38 +421,10 @@ class PerformanceEstimationHandler:
                 f"{type(self).__name__}: fitting needs labelled cases, but the batch has no {self.label_key!r} (in "
                 "engine.state.output or engine.state.batch)."
             )
-        labels = None
-        if label is not None:
-            label = plain_tensor(label, detach=True)
-            b, c = logits.shape[:2]
-            if label.ndim == logits.ndim and label.shape[1] == 1:
-                labels = label[:, 0]
-            elif label.ndim == logits.ndim and label.shape[1] == c and c > 1:
-                labels = label.argmax(1)
-            else:
-                raise ValueError(
-                    f"{type(self).__name__}: label of shape {tuple(label.shape)} does not fit logits "
-                    f"{tuple(logits.shape)}; expected (B, 1, *spatial) indices or (B, C, *spatial) one-hot."
-                )
-            labels = (labels.round() if labels.is_floating_point() else labels).long()
-        return logits, labels, self._case_names(engine, logits.shape[0])
-
-    def _case_names(self, engine: Engine, b: int) -> list[str]:
+        labels = None if label is None else _label_indices(label, logits, type(self).__name__)
         start = len(self._records.get(self._active or "", []))
-        default = [f"case_{start + i:04d}" for i in range(b)]
-        for source in (engine.state.batch, engine.state.output):
-            if not isinstance(source, Mapping):
-                continue
-            image = source.get(self.image_key)
-            meta = getattr(image, "meta", None)
-            if not isinstance(meta, Mapping) or "filename_or_obj" not in meta:
-                meta = source.get(f"{self.image_key}_meta_dict")
-            if isinstance(meta, Mapping) and "filename_or_obj" in meta:
-                names = meta["filename_or_obj"]
-                names = [names] if isinstance(names, (str, os.PathLike)) else list(names)
-                if len(names) == b:
-                    return [_case_name(n, d) for n, d in zip(names, default, strict=True)]
-        return default
+        default = [f"case_{start + i:04d}" for i in range(logits.shape[0])]
+        return logits, labels, _case_names(engine, self.image_key, default)
 
     # -- fitting ------------------------------------------------------------------------------------------------
     def _new_fit_set(self) -> None:
@@ -582,16 +600,7 @@ class PerformanceEstimationHandler:
             write_estimates(results, self.output_dir, stem)
         writer = self._writer()
         if writer is not None:
-            for target, res in results["targets"].items():
-                mean = res["mean"]
-                for k, name in enumerate(classes):
-                    for s in specs:
-                        writer.add_scalar(f"estimated_dice/{target}/{name}/{s}", mean["estimated"][s][k], step)
-                        if mean["abs_error"] is not None:
-                            writer.add_scalar(f"estimation_error/{target}/{name}/{s}", mean["abs_error"][s][k], step)
-                    if mean["true"] is not None and not math.isnan(mean["true"][k]):
-                        writer.add_scalar(f"true_dice/{target}/{name}", mean["true"][k], step)
-            writer.flush()
+            _add_scalars(writer, results, step)
         if results["targets"]:
             self._log().info(f"Estimated Dice ({stem}):\n" + format_estimates(results))
         return results
