@@ -107,10 +107,10 @@ def time_loader(parser: ConfigParser, batches: int) -> float:
 
 def _meta_steps(trainer: object) -> int | None:
     """CoLab's meta steps, or learned augmentation's TRA plus TEA steps, taken so far (``None``: neither)."""
-    learner = getattr(getattr(trainer, "_process_function", None), "learner", None)  # the method's iteration_update
-    if learner is None:
-        return None
-    return learner.steps + getattr(learner, "test_time_steps", 0)
+    hook = getattr(trainer, "_process_function", None)  # the method's iteration_update
+    learners = [getattr(hook, name, None) for name in ("learner", "training", "test_time")]
+    learners = [learner for learner in learners if learner is not None]
+    return sum(learner.steps for learner in learners) if learners else None
 
 
 def time_step(
@@ -139,7 +139,7 @@ def time_step(
             torch.cuda.synchronize(device)
         trainer.state.iteration = i + 1
         start = clock()
-        trainer._iteration(trainer, batch)
+        trainer._process_function(trainer, batch)  # iteration_update (CoLab, learned augmentation) or _iteration
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= warmup:
@@ -186,7 +186,7 @@ def interleaved(bundle: str, names: list[str], overrides: dict, args: argparse.N
         start = clock()
         for _ in range(n):
             trainer.state.iteration += 1  # ignite counts from 1; the meta step runs at its real rate
-            trainer._iteration(trainer, run["batch"])
+            trainer._process_function(trainer, run["batch"])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return clock() - start

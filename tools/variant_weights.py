@@ -3,10 +3,10 @@
 """Fingerprints of the weights every bundle variant reaches after a few seeded CPU iterations.
 
 A refactoring check: run it on two commits and compare, to show that a change of the engines left every variant's
-training unchanged. Each variant (``train.json`` alone, named ``train``, each ``variants/*.json``, and the performance-estimation
-bundle's ``track.json``) trains for ``--epochs`` x ``--iterations`` on a phantom dataset with tiny sizes, no loader
-workers and the bundle's own seed; the network's weights (and, when a variant has one, the CoLab generator's and the
-augmentation policies') are summarised by their sha256 and float64 sums.
+training unchanged. Each variant (``train.json`` alone, named ``train``, each ``variants/*.json``, and the
+performance-estimation bundle's ``track.json``) trains for ``--epochs`` x ``--iterations`` on a phantom dataset with
+tiny sizes, no loader workers and the bundle's own seed; the network's weights (and, when a variant has one, the
+CoLab generator's and the augmentation policies') are summarised by their sha256 and float64 sums.
 
 Usage::
 

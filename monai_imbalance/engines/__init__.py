@@ -9,9 +9,11 @@
 - :class:`ContextLabelIteration`, :class:`ContextLabelLearner`, :class:`ContextTargetLoss`: CoLab's context targets
   and the generator's meta step, or the baselines' fixed context maps (Li et al., "Context label learning: improving
   background class representations in semantic segmentation", IEEE TMI 2023, method section).
-- :class:`AugmentationPolicyIteration`, :class:`AugmentationPolicyLearner`: learned augmentation, the TRA meta step,
-  the TEA step and their joint schedule (Li et al., "Joint optimization of class-specific training- and test-time
-  data augmentation in segmentation", IEEE TMI 2023, method section).
+- :class:`AugmentationPolicyIteration`, :class:`TrainingPolicyLearner`, :class:`TestTimePolicyLearner` (and
+  :class:`TransformedValidation`, :func:`per_sample_ce_dice`, :func:`foreground_dice_loss`): learned augmentation,
+  the joint schedule of the training-time policy's meta step (TRA) and the test-time policy's step (TEA), either of
+  which may be absent (Li et al., "Joint optimization of class-specific training- and test-time data augmentation in
+  segmentation", IEEE TMI 2023, method section).
 - :func:`lookahead_hypergradient` (and :func:`per_sample_lookahead_hypergradient`, :func:`apply_hypergradient`,
   :func:`functional_forward`, :func:`step_from_lookahead`): the one-step look-ahead shared by CoLab and learned
   augmentation.
@@ -26,12 +28,8 @@ from __future__ import annotations
 from monai_imbalance.utils import highest_resolution
 
 from .adversarial import adversarial_perturbation, normalize_per_sample
-from .augmentation_policy import (
-    AugmentationPolicyIteration,
-    AugmentationPolicyLearner,
-    foreground_dice_loss,
-    per_sample_ce_dice,
-)
+from .augmentation_losses import foreground_dice_loss, per_sample_ce_dice
+from .augmentation_policy import AugmentationPolicyIteration
 from .context_labels import ContextLabelIteration, ContextLabelLearner, ContextTargetLoss
 from .lookahead import (
     DEFAULT_RADIUS,
@@ -49,11 +47,12 @@ from .lookahead import (
 )
 from .mixup import mixup_batch, mixup_images, mixup_labels, sample_mixup_lambda
 from .regularized_trainer import AdversarialConfig, MixupConfig, RegularisedSupervisedTrainer
+from .test_time_policy import TestTimePolicyLearner, TransformedValidation
+from .training_policy import TrainingPolicyLearner
 
 __all__ = [
     "AdversarialConfig",
     "AugmentationPolicyIteration",
-    "AugmentationPolicyLearner",
     "ContextLabelIteration",
     "ContextLabelLearner",
     "ContextTargetLoss",
@@ -64,6 +63,9 @@ __all__ = [
     "LookaheadTrainStep",
     "MixupConfig",
     "RegularisedSupervisedTrainer",
+    "TestTimePolicyLearner",
+    "TrainingPolicyLearner",
+    "TransformedValidation",
     "adversarial_perturbation",
     "apply_hypergradient",
     "check_lookahead_settings",

@@ -2,11 +2,11 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """The optimiser step of an auxiliary module (CoLab's generator, learned augmentation policies) after a meta step.
 
-Shared by :class:`~monai_imbalance.engines.ContextLabelLearner` (CoLab, Li et al., IEEE TMI 2023) and
-:class:`~monai_imbalance.engines.AugmentationPolicyLearner` (JCSAugment, Li et al., IEEE TMI 2023): the auxiliary
-module is not wrapped in DDP, so its gradients (already in ``.grad``) are averaged over the ranks here, every rank
-takes the same skip decision, and a non-finite gradient skips the step, so that every rank keeps identical auxiliary
-parameters.
+Shared by :class:`~monai_imbalance.engines.ContextLabelLearner` (CoLab, Li et al., IEEE TMI 2023),
+:class:`~monai_imbalance.engines.TrainingPolicyLearner` and :class:`~monai_imbalance.engines.TestTimePolicyLearner`
+(JCSAugment, Li et al., IEEE TMI 2023): the auxiliary module is not wrapped in DDP, so its gradients (already in
+``.grad``) are averaged over the ranks here, every rank takes the same skip decision, and a non-finite gradient skips
+the step, so that every rank keeps identical auxiliary parameters.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from .atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from .classes import check_rare_classes
 from .engine_output import add_to_output
 from .names import index_by_name
-from .settings import check_settings
+from .settings import check_int_setting, check_settings
 from .tensors import highest_resolution, plain_tensor, unwrap_module
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_int_setting",
     "check_rare_classes",
     "check_settings",
     "highest_resolution",

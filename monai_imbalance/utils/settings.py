@@ -1,13 +1,14 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
-"""Check a JSON-style dict of settings (a bundle config's sub-dict) before it builds a component."""
+"""Check a component's settings before it is built: a JSON-style dict (a bundle config's sub-dict), an integer."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["check_settings"]
+__all__ = ["check_int_setting", "check_settings"]
 
 
 def check_settings(owner: str, config: Any, allowed: Iterable[str], required: Iterable[str] = ()) -> None:
@@ -32,3 +33,20 @@ def check_settings(owner: str, config: Any, allowed: Iterable[str], required: It
     missing = [name for name in required if name not in config]
     if missing:
         raise ValueError(f"{owner} needs {missing[0]}.")
+
+
+def check_int_setting(owner: str, name: str, value: Any, minimum: int) -> int:
+    """An integer setting ``>= minimum`` as a Python ``int`` (``True`` / ``False`` and floats are refused).
+
+    Args:
+        owner: the component the setting belongs to; it starts the message.
+        name: the setting's name, named in the message.
+        value: the value given.
+        minimum: the smallest value allowed.
+
+    Raises:
+        ValueError: ``value`` is not an integer or is below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ValueError(f"{owner} {name} must be an integer >= {minimum}, got {name}={value!r}.")
+    return int(value)

@@ -33,7 +33,7 @@ from monai_imbalance.augment import (
     load_policy,
 )
 from monai_imbalance.data import make_phantom_dataset
-from monai_imbalance.engines import AugmentationPolicyLearner
+from monai_imbalance.engines import AugmentationPolicyIteration, TestTimePolicyLearner, TrainingPolicyLearner
 from monai_imbalance.handlers import PolicyPlotHandler
 from monai_imbalance.transforms import PolicyAugmentd
 
@@ -85,16 +85,23 @@ def test_variants_are_the_issue_list():
     for name in VARIANTS:
         content = json.loads((CONFIGS / "variants" / f"{name}.json").read_text())
         assert "train" not in content and "validate" not in content, name  # deltas only, never whole sections
+        assert isinstance(content.get("_desc_"), str) and len(content["_desc_"]) > 40, name  # says what it is
     # the experiment table's default "vanilla" row is the un-augmented baseline, not a second copy of train.json
     assert (CONFIGS / "variants" / "vanilla.json").read_text() == (CONFIGS / "variants" / "none.json").read_text()
 
 
 def test_joint_training_learns_both_policies_and_saves_them(trained):
     root, wf = trained
-    learner = wf.parser.get_parsed_content("augmentation_learner")
-    assert isinstance(learner, AugmentationPolicyLearner) and learner.augment_validation  # TRA sees TEA (joint)
-    assert (learner.steps, learner.skipped, learner.test_time_steps, learner.test_time_skipped) == (4, 0, 4, 0)
-    policy, tea = learner.policy, learner.test_time_policy
+    hook = wf.parser.get_parsed_content("train#trainer#iteration_update")
+    learner, tea_learner = (
+        wf.parser.get_parsed_content("policy_learner"),
+        wf.parser.get_parsed_content("test_time_learner"),
+    )
+    assert isinstance(hook, AugmentationPolicyIteration) and hook.augment_validation  # TRA sees TEA (joint)
+    assert hook.training is learner and hook.test_time is tea_learner and wf.trainer._process_function is hook
+    assert (learner.steps, learner.skipped, tea_learner.steps, tea_learner.skipped) == (4, 0, 4, 0)
+    policy, tea = learner.policy, tea_learner.policy
+    assert policy is wf.parser.get_parsed_content("policy") and tea is wf.parser.get_parsed_content("test_time_policy")
     assert policy.group_names == BG_FG and policy.groups["background"] == (0,)
     # the policy moved away from its nnU-Net-like initialisation, and the loader workers' table follows it
     assert not torch.allclose(policy.probability_matrix(), AugmentationPolicy(init="nnunet").probability_matrix())
@@ -141,14 +148,18 @@ def test_resume_restores_the_policies(trained, dataset, harness, tmp_path):
     wf.initialize()
     wf.run()  # already at epoch 2: restores and stops
     assert wf.trainer.state.epoch == 2
-    learner = wf.parser.get_parsed_content("augmentation_learner")
-    for name, module in (("policy", learner.policy), ("test_time_policy", learner.test_time_policy)):
+    learner, tea_learner = (
+        wf.parser.get_parsed_content("policy_learner"),
+        wf.parser.get_parsed_content("test_time_learner"),
+    )
+    for name, module in (("policy", learner.policy), ("test_time_policy", tea_learner.policy)):
         for k, v in module.state_dict().items():
             if isinstance(v, torch.Tensor):
                 assert torch.equal(v.cpu(), saved[name][k]), (name, k)
     shared = wf.parser.get_parsed_content("shared_policy")  # what the loader workers sample from
     np.testing.assert_allclose(shared.read(1), learner.policy.probability_matrix()[1].numpy(), atol=1e-7)
     assert learner.optimizer.state_dict()["state"][0]["step"] == saved["policy_optimizer"]["state"][0]["step"]
+    assert tea_learner.optimizer.state_dict()["state"][0]["step"] == saved["test_time_optimizer"]["state"][0]["step"]
     assert wf.parser.get_parsed_content("train#handlers#4").epochs == [1, 2]  # the curves continue
 
 
@@ -191,7 +202,7 @@ def _labels(path: Path) -> set[int]:
 
 def test_inference_uses_the_learned_tta_when_a_policy_file_is_there(trained, dataset, harness, tmp_path):
     root, wf_train = trained
-    tea = wf_train.parser.get_parsed_content("augmentation_learner").test_time_policy
+    tea = wf_train.parser.get_parsed_content("test_time_learner").policy
     for with_policy in (True, False):
         bundle = tmp_path / ("with" if with_policy else "without")
         _copy_models(root, bundle, ["model.pt"] + (["test_time_policy.pt", "test_time_policy.json"] * with_policy))
@@ -271,10 +282,9 @@ def test_variant_builds_what_its_name_says(variant, dataset, tmp_path):
     parser = _parser(["train.json", f"variants/{variant}.json"], dataset, tmp_path, patch_size=[16, 16, 16])
     policy = parser.get_parsed_content("policy")
     hook = parser.get_parsed_content("train#trainer#iteration_update")
-    learner_config = None if hook is None else hook.learner
     tta = parser.get_parsed_content("tta")
     if variant == "none":
-        assert policy is None and parser.get_parsed_content("shared_policy") is None and learner_config is None
+        assert policy is None and parser.get_parsed_content("shared_policy") is None and hook is None
         assert _policy_augment(parser) == [] and parser.get_parsed_content("crop_size") == [16, 16, 16]
         assert tta == "none"
         return
@@ -283,7 +293,7 @@ def test_variant_builds_what_its_name_says(variant, dataset, tmp_path):
     assert augment[0].spatial_size == (16, 16, 16) and parser.get_parsed_content("crop_size") == [20, 20, 20]
     np.testing.assert_allclose(augment[0].probabilities.read(0), policy.probability_matrix()[0].numpy(), atol=1e-7)
     if variant in ("heuristic", "randaugment"):
-        assert learner_config is None and tta == "none" and policy.group_names == ("all",)
+        assert hook is None and tta == "none" and policy.group_names == ("all",)
         probs = {op: p.cpu() for op, p in policy.probabilities()["all"].items()}
         if variant == "heuristic":  # the nnU-Net-like preset (the authors' --org 2), fixed
             expected = AugmentationPolicy(groups={"all": None}, init=2).probabilities()["all"]
@@ -298,9 +308,15 @@ def test_variant_builds_what_its_name_says(variant, dataset, tmp_path):
                 assert math.isclose(1 - float(p[0]), 2 / 15, rel_tol=1e-5)
             assert math.isclose(sum(1 - float(p[0]) for p in probs.values()), 2.0, rel_tol=1e-5)
         return
-    learner = learner_config
-    assert isinstance(learner, AugmentationPolicyLearner) and learner.policy is policy
+    assert isinstance(hook, AugmentationPolicyIteration) and hook.training is parser.get_parsed_content(
+        "policy_learner"
+    )
+    learner, tea_learner = hook.training, hook.test_time
+    assert isinstance(learner, TrainingPolicyLearner) and learner.policy is policy
     assert learner.optimizer.defaults["lr"] == 5e-4 and learner.validation_loss == "ce_dice"
+    assert learner.interval == 1 and learner.warmup_epochs == 0 and learner.method == "forward_difference"
+    assert learner.lr_scheduler.total_iters == 30 * 2  # poly over the TRA steps: epochs x iterations (3 cases, batch 2)
+    assert hook.validation_loader is parser.get_parsed_content("meta_validation#dataloader")
     held_out = parser.get_parsed_content("meta_validation#datalist")
     training = parser.get_parsed_content("train#datalist")
     assert len(held_out) == 1 and len(training) == 3  # 20 % of the 4 training cases held out for the meta steps
@@ -308,16 +324,17 @@ def test_variant_builds_what_its_name_says(variant, dataset, tmp_path):
     expected_groups = ("all",) if variant == "learned" else BG_FG
     assert policy.group_names == expected_groups
     if variant in ("learned", "learned_class_specific", "learned_class_specific_heuristic_tta"):
-        assert learner.test_time_policy is None
+        assert tea_learner is None and parser.get_parsed_content("test_time_policy") is None
         assert tta == ("mirroring" if variant.endswith("heuristic_tta") else "none")
     else:
-        assert isinstance(learner.test_time_policy, TestTimePolicy) and tta == "learned"
+        assert isinstance(tea_learner, TestTimePolicyLearner) and isinstance(tea_learner.policy, TestTimePolicy)
+        assert tea_learner.num_samples == 10 and tea_learner.interval == 1 and tta == "learned"
         if variant == "joint":  # TEA from the start, coupled with TRA, the joint learning rate
-            assert learner.augment_validation and learner.test_time_warmup_epochs == 0
-            assert learner.test_time_optimizer.defaults["lr"] == 5e-5
+            assert hook.augment_validation and tea_learner.warmup_epochs == 0
+            assert tea_learner.optimizer.defaults["lr"] == 5e-5 and tea_learner.lr_scheduler.total_iters == 30 * 2
         else:  # TEA in the last 10 epochs, on the TRA-trained model, the TEA-only learning rate
-            assert not learner.augment_validation and learner.test_time_warmup_epochs == 30 - 10
-            assert learner.test_time_optimizer.defaults["lr"] == 5e-3
+            assert not hook.augment_validation and tea_learner.warmup_epochs == 30 - 10
+            assert tea_learner.optimizer.defaults["lr"] == 5e-3 and tea_learner.lr_scheduler.total_iters == 10 * 2
 
 
 @pytest.mark.parametrize("variant", ["none", "learned"])
@@ -327,12 +344,13 @@ def test_variant_trains_end_to_end(variant, dataset, tmp_path, harness):
     assert isinstance(trainer, SupervisedTrainer) and np.isfinite(float(trainer.state.output[0]["loss"]))
     models = sorted(p.name for p in (tmp_path / "models").iterdir())
     if variant == "none":
-        assert wf.parser.get_parsed_content("augmentation_learner") is None and models == ["latest.pt", "model.pt"]
+        assert wf.parser.get_parsed_content("train#trainer#iteration_update") is None
+        assert models == ["latest.pt", "model.pt"]
         batch = trainer.state.batch  # decollated: one dict per patch
         assert all(item["image"].shape[1:] == (16, 16, 16) and "policy_bins" not in item for item in batch)
     else:
-        learner = wf.parser.get_parsed_content("augmentation_learner")
-        assert learner.steps == 2 and learner.skipped == 0 and learner.test_time_policy is None
+        learner = wf.parser.get_parsed_content("policy_learner")
+        assert learner.steps == 2 and learner.skipped == 0 and wf.parser.get_parsed_content("test_time_learner") is None
         assert models == ["latest.pt", "model.pt", "policy.json", "policy.pt"]
         batch = trainer.state.batch  # decollated: one dict per patch, each with the bins its worker drew
         assert len(batch) == 2 and all(item["policy_bins"].shape == (15,) for item in batch)  # last: 1 case x 2

@@ -36,8 +36,7 @@ DUMP = (
     "'policy': {k: v.detach().cpu() for k, v in @policy.named_parameters()}, "
     "'test_time_policy': {k: v.detach().cpu() for k, v in @test_time_policy.named_parameters()}, "
     "'table': torch.stack([torch.as_tensor(@shared_policy.read(g)) for g in range(2)]), "
-    "'steps': [@augmentation_learner.steps, @augmentation_learner.skipped, "
-    "@augmentation_learner.test_time_steps, @augmentation_learner.test_time_skipped]}, "
+    "'steps': [@policy_learner.steps, @policy_learner.skipped, @test_time_learner.steps, @test_time_learner.skipped]}, "
     "os.path.join(@bundle_root, 'rank' + os.environ['RANK'] + '.pt'))"
 )
 

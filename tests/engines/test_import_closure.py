@@ -70,7 +70,10 @@ def closure(module: str) -> set[str]:
 ASYMMETRIC = {"monai_imbalance.engines.regularized_trainer", "monai_imbalance.engines.adversarial",
               "monai_imbalance.engines.mixup"}  # fmt: skip
 COLAB = {"monai_imbalance.engines.context_labels", "monai_imbalance.networks.context_generator"}
-AUGMENTATION = {"monai_imbalance.engines.augmentation_policy", "monai_imbalance.augment"}
+TRA = {"monai_imbalance.engines.training_policy"}
+TEA = {"monai_imbalance.engines.test_time_policy"}
+AUGMENTATION = {"monai_imbalance.engines.augmentation_policy", "monai_imbalance.engines.augmentation_losses",
+                "monai_imbalance.augment"} | TRA | TEA  # fmt: skip
 SHARED_LOOKAHEAD = {"monai_imbalance.engines.lookahead"}
 
 
@@ -80,6 +83,8 @@ SHARED_LOOKAHEAD = {"monai_imbalance.engines.lookahead"}
         ("monai_imbalance.engines.regularized_trainer", COLAB | AUGMENTATION | SHARED_LOOKAHEAD),
         ("monai_imbalance.engines.context_labels", ASYMMETRIC | AUGMENTATION),
         ("monai_imbalance.engines.augmentation_policy", ASYMMETRIC | COLAB),
+        ("monai_imbalance.engines.training_policy", ASYMMETRIC | COLAB | TEA),
+        ("monai_imbalance.engines.test_time_policy", ASYMMETRIC | COLAB | TRA | SHARED_LOOKAHEAD),
         ("monai_imbalance.engines.lookahead", ASYMMETRIC | COLAB | AUGMENTATION),
     ],
 )
@@ -94,3 +99,4 @@ def test_the_closure_follows_package_imports():
     assert ASYMMETRIC | COLAB | AUGMENTATION <= closure("monai_imbalance.engines")
     assert "monai_imbalance.networks.context_generator" in closure("monai_imbalance.engines.context_labels")
     assert "monai_imbalance.engines.lookahead" in closure("monai_imbalance.engines.augmentation_policy")
+    assert TRA | TEA <= closure("monai_imbalance.engines.augmentation_policy")  # the hook joins the two learners
