@@ -32,7 +32,6 @@ Example (JSON)::
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +41,14 @@ import torch.distributed as dist
 
 from monai_imbalance.losses import compose_context_target, context_foreground_bce
 from monai_imbalance.networks import check_context_networks
-from monai_imbalance.utils import add_to_output, check_settings, highest_resolution, plain_tensor, unwrap_module
+from monai_imbalance.utils import (
+    add_to_output,
+    check_int_setting,
+    check_settings,
+    highest_resolution,
+    plain_tensor,
+    unwrap_module,
+)
 
 from .auxiliary_step import finish_auxiliary_step
 from .lookahead import (
@@ -78,12 +84,6 @@ _ALLOWED = (
 
 #: How the meta step splits the batch: the authors' one look-ahead and generator step per sample, or one for the batch.
 LOOKAHEAD_MODES = ("per_sample", "batched")
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ValueError(f"context_labels {name} must be an integer >= {minimum}, got {name}={value!r}.")
-    return int(value)
 
 
 def _optional_key(name: str, value: Any) -> str | None:
@@ -159,9 +159,9 @@ class ContextLabelLearner:
     _train_step: LookaheadTrainStep | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.num_classes = _positive_int("num_classes", self.num_classes, 2)
-        self.num_context = _positive_int("num_context", self.num_context, 1)
-        self.meta_interval = _positive_int("meta_interval", self.meta_interval, 1)
+        self.num_classes = check_int_setting("context_labels", "num_classes", self.num_classes, 2)
+        self.num_context = check_int_setting("context_labels", "num_context", self.num_context, 1)
+        self.meta_interval = check_int_setting("context_labels", "meta_interval", self.meta_interval, 1)
         self.mask_key = _optional_key("mask_key", self.mask_key)
         self.context_key = _optional_key("context_key", self.context_key)
         if self.generator is not None and self.context_key is not None:
