@@ -18,7 +18,9 @@ one?). At the end of every epoch :class:`PolicyPlotHandler`
    :class:`~monai_imbalance.augment.LearnedTTAInferer` read;
 
 and every ``interval`` epochs (and at the last epoch) it draws
-:func:`~monai_imbalance.visualize.plot_policy_evolution` as ``<output_dir>/policy_epoch<NNNN>.png``. The history is a
+:func:`~monai_imbalance.visualize.plot_policy_evolution` as ``<output_dir>/policy_epoch<NNNN>.png`` and logs how far
+the policies moved since the run started (:meth:`PolicyPlotHandler.movement`: the largest change of any probability),
+so that a learned policy no better than a fixed one can be told apart from a policy that never moved. The history is a
 state dict of primitives, so a bundle can list the handler in its checkpoint and a resumed run keeps the curves.
 """
 
@@ -110,8 +112,50 @@ class PolicyPlotHandler:
         self.test_time: dict[str, list[float]] = {}
 
     def attach(self, engine: Engine) -> None:
-        """Run at the end of every epoch of ``engine`` (the trainer)."""
+        """Run at the end of every epoch of ``engine`` (the trainer); remember the policies when it starts."""
+        engine.add_event_handler(Events.STARTED, self._remember_start)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _probabilities(self) -> dict[str, torch.Tensor]:
+        """Every probability of both policies, by ``"training/<group>/<op>"`` and ``"test_time"``."""
+        out: dict[str, torch.Tensor] = {}
+        if self.policy is not None:
+            for group, ops in self.policy.probabilities().items():
+                for op, p in ops.items():
+                    out[f"training/{group}/{op}"] = p.detach().cpu().double()
+        if self.test_time_policy is not None:
+            out["test_time"] = self.test_time_policy.probabilities().detach().cpu().double()
+        return out
+
+    def _remember_start(self, engine: Engine | None = None) -> None:
+        """Keep the policies' probabilities at the start of the run (after a resumed checkpoint is loaded)."""
+        with torch.no_grad():
+            self._start = self._probabilities()
+
+    def movement(self) -> dict[str, tuple[float, str] | None]:
+        """The largest absolute change of a probability since the run started, per policy, and where it is.
+
+        Returns:
+            ``{"training": (change, "<group>/<op>[bin]"), "test_time": (change, "<transform>")}``, ``None`` for a
+            policy that is absent (or before the run started).
+        """
+        start = getattr(self, "_start", None)
+        out: dict[str, tuple[float, str] | None] = {"training": None, "test_time": None}
+        if start is None:
+            return out
+        with torch.no_grad():
+            now = self._probabilities()
+        for key, p in now.items():
+            delta = (p - start[key]).abs()
+            k = int(delta.argmax())
+            if key == "test_time":
+                assert self.test_time_policy is not None
+                out["test_time"] = (float(delta[k]), self.test_time_policy.pool.names[k])
+            else:
+                where = f"{key.split('/', 1)[1]}[{k}]"
+                if out["training"] is None or float(delta[k]) > out["training"][0]:
+                    out["training"] = (float(delta[k]), where)
+        return out
 
     # -------------------------------------------------------------------------------------------------- records
     @property
@@ -166,6 +210,13 @@ class PolicyPlotHandler:
             self.save_policies(self.policy_dir)
         if epoch % self.interval == 0 or epoch == engine.state.max_epochs:
             self.plot(f"epoch {epoch}")
+            moved = {k: v for k, v in self.movement().items() if v is not None}
+            if moved:
+                logger.info(
+                    "augmentation policies at epoch %d, largest change of a probability since the start of the run: %s",
+                    epoch,
+                    "; ".join(f"{k} {v[0]:.4f} ({v[1]})" for k, v in moved.items()),
+                )
 
     def _log_scalars(self, epoch: int) -> None:
         writer = self._writer()

@@ -139,3 +139,26 @@ def test_test_time_policy_alone_and_bad_arguments(tmp_path):
         PolicyPlotHandler(tea, tmp_path)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="nothing recorded"):
         PolicyPlotHandler(None, tmp_path, tea).plot()
+
+
+def test_movement_is_the_largest_probability_change_since_the_start(tmp_path, caplog):
+    policy, tea = _policies()
+    start_gamma = _softmax(policy.logits["foreground"]["gamma"].detach().numpy())
+    start_tea = _softmax(tea.logits.detach().numpy())
+    handler = PolicyPlotHandler(policy, tmp_path / "png", tea, interval=5)
+    assert handler.movement() == {"training": None, "test_time": None}  # before the run: nothing to compare with
+    engine = Engine(lambda e, b: None)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, _drift(policy, tea))
+    handler.attach(engine)
+    with caplog.at_level("INFO"):
+        engine.run([0], max_epochs=2)
+    moved = handler.movement()
+    # by hand: the foreground gamma logits moved most (+0.5, +1.0 on bin 1); every other table changes less
+    gamma = np.abs(_softmax(policy.logits["foreground"]["gamma"].detach().numpy()) - start_gamma)
+    assert moved["training"][1] == f"foreground/gamma[{int(gamma.argmax())}]"
+    assert moved["training"][0] == pytest.approx(float(gamma.max()), rel=1e-5)
+    tea_change = np.abs(_softmax(tea.logits.detach().numpy()) - start_tea)
+    assert moved["test_time"] == (pytest.approx(float(tea_change.max()), rel=1e-5), "mirror_y")
+    assert "largest change of a probability since the start of the run" in caplog.text  # the last epoch logs it
+    handler._remember_start()
+    assert handler.movement()["training"][0] == 0.0  # a frozen policy: no change
