@@ -5,6 +5,7 @@
 - :func:`plain_tensor`: a plain ``torch.Tensor`` from a ``MetaTensor``, tensor or array.
 - :func:`unwrap_module`: the module inside ``DistributedDataParallel`` / ``DataParallel``.
 - :func:`highest_resolution`: the full-resolution logits of a network output (DynUNet's stacked deep supervision).
+- :func:`scaled_learning_rate`: a meta learning rate scaled to a schedule shorter than the authors'.
 - :func:`add_to_output`: extra values (an extra step's loss) in an engine's iteration output.
 """
 
@@ -14,6 +15,7 @@ from .atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from .classes import check_rare_classes
 from .engine_output import add_to_output
 from .names import index_by_name
+from .schedule import scaled_learning_rate
 from .settings import check_int_setting, check_settings
 from .tensors import highest_resolution, plain_tensor, unwrap_module
 
@@ -28,5 +30,6 @@ __all__ = [
     "highest_resolution",
     "index_by_name",
     "plain_tensor",
+    "scaled_learning_rate",
     "unwrap_module",
 ]
