@@ -41,6 +41,7 @@ def _table(args: argparse.Namespace, overrides: list[str], command: str) -> int:
             jobs=args.jobs,
             collect_only=args.collect,
             preset=args.preset,
+            optimizer=args.optimizer,
             results_dir=args.results,
             command=command,
         )
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; each is its own cell (default: 0)")
     table.add_argument(
         "--preset", default=None, help="configs/presets/<NAME>.json, after train.json, before the variant"
+    )
+    table.add_argument(
+        "--optimizer", default=None, help="configs/optimizers/<NAME>.json stacked last, e.g. sgd_nnunet (the authors')"
     )
     table.add_argument("--out", default=None, help="experiment folder (default: <bundle>/eval/table)")
     table.add_argument(

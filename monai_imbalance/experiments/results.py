@@ -54,7 +54,7 @@ __all__ = [
 CELLS = "cells"
 PROVENANCE = "provenance.json"
 #: Settings that must agree between the runs writing one results folder.
-FIXED_SETTINGS = ("bundle", "preset", "split", "class_index")
+FIXED_SETTINGS = ("bundle", "preset", "optimizer", "split", "class_index")
 
 
 def cell_name(variant: str, fraction: float, seed: int) -> str:
@@ -99,11 +99,11 @@ def _provenance(results_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_settings(results_dir: str | os.PathLike, settings: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` when the folder's recorded bundle, preset, split or class differ from ``settings``.
+    """Raise ``ValueError`` when the recorded bundle, preset, optimizer, split or class differ from ``settings``.
 
     Args:
         results_dir: the results folder (may not exist yet).
-        settings: the table's ``bundle``, ``preset``, ``split`` and ``class_index``.
+        settings: the table's ``bundle``, ``preset``, ``optimizer``, ``split`` and ``class_index``.
     """
     old = _provenance(results_dir)
     for key in FIXED_SETTINGS:
@@ -160,7 +160,7 @@ def write_results_dir(
             runs.append({**run, "overrides": list(settings.get("overrides", ())), "finished": date, "cells": added})
     latest = runs[-1] if runs else run
     provenance = {
-        **{k: settings.get(k) for k in FIXED_SETTINGS},
+        **{k: settings.get(k) for k in FIXED_SETTINGS if k != "optimizer" or settings.get(k) is not None},
         "variants": _union(old.get("variants", []), settings.get("variants", [])),
         "fractions": sorted(set(old.get("fractions", [])) | {float(f) for f in settings.get("fractions", [])}),
         "seeds": sorted(set(old.get("seeds", [])) | {int(s) for s in settings.get("seeds", [])}),

@@ -86,14 +86,18 @@ def _finished_dir(out: str | os.PathLike, variant: str, fraction: float, seed: i
     return None
 
 
-def config_files(bundle: str | os.PathLike, variant: str, preset: str | None = None) -> list[str]:
-    """The training config files of a cell: ``train.json``, the preset, the variant (in this order).
+def config_files(
+    bundle: str | os.PathLike, variant: str, preset: str | None = None, optimizer: str | None = None
+) -> list[str]:
+    """The training config files of a cell: ``train.json``, the preset, the variant, the optimizer (in this order).
 
     Args:
         bundle: the bundle folder.
         variant: a file of ``configs/variants`` without ``.json``; ``vanilla`` is ``train.json`` alone unless
             ``variants/vanilla.json`` exists.
         preset: a file of ``configs/presets`` without ``.json``, or ``None``.
+        optimizer: a file of ``configs/optimizers`` without ``.json`` (e.g. ``"sgd_nnunet"``), stacked last so that
+            its learning rate wins over the preset's, or ``None``.
 
     Raises:
         FileNotFoundError: naming the missing file.
@@ -107,6 +111,10 @@ def config_files(bundle: str | os.PathLike, variant: str, preset: str | None = N
     override = configs / "variants" / f"{variant}.json"
     if variant != VANILLA or override.is_file():
         files.append(override)
+    if optimizer is not None:
+        files.append(configs / "optimizers" / f"{optimizer}.json")
+        if not files[-1].is_file():
+            raise FileNotFoundError(f"optimizer {optimizer!r}: config file '{files[-1]}' not found.")
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"variant {variant!r}: config file '{f}' not found.")
@@ -178,6 +186,7 @@ def run_cell(
     preset: str | None = None,
     stamp: Mapping[str, Any] | None = None,
     threads: int | None = None,
+    optimizer: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one cell (or return its saved result), and return the result dict.
 
@@ -193,9 +202,10 @@ def run_cell(
         preset: a file of ``configs/presets`` (without ``.json``) stacked after ``train.json``, before the variant.
         stamp: extra entries recorded in the result (e.g. ``commit``, ``dirty``, ``machine``).
         threads: ``OMP_NUM_THREADS`` of both runs, unless the environment sets it (default: the library's own).
+        optimizer: a file of ``configs/optimizers`` (without ``.json``) stacked last (:func:`config_files`).
 
     Returns:
-        ``{"variant", "fraction", "seed", "preset", "split", "class_index", "class", "n", "<metric>_mean",
+        ``{"variant", "fraction", "seed", "preset", "optimizer", "split", "class_index", "class", "n", "<metric>_mean",
         "<metric>_std", "train_seconds", "eval_seconds", "finished", **stamp, "cases"}``, ``cases`` the per-case
         rows of the class (also written to the cell's ``cases.csv``).
     """
@@ -205,7 +215,7 @@ def run_cell(
         return load_cell(finished)
     folder = cell_dir(out, variant, fraction, seed)
     folder.mkdir(parents=True, exist_ok=True)
-    train_files = config_files(bundle, variant, preset)
+    train_files = config_files(bundle, variant, preset, optimizer)
     configs = bundle / "configs"
     common = [
         "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
@@ -236,6 +246,7 @@ def run_cell(
         "fraction": fraction,
         "seed": seed,
         "preset": preset,
+        **({"optimizer": optimizer} if optimizer is not None else {}),
         "split": split,
         "class_index": class_index,
         "class": row["class"],
@@ -290,11 +301,12 @@ def run_table(
     preset: str | None = None,
     results_dir: str | os.PathLike | None = None,
     command: str | None = None,
+    optimizer: str | None = None,
 ) -> str:
     """Run every (variant, fraction, seed) cell not finished yet, then write and return the table (see module doc).
 
     Args:
-        bundle, variants, fractions, out, split, class_index, overrides, preset: as in :func:`run_cell`.
+        bundle, variants, fractions, out, split, class_index, overrides, preset, optimizer: as in :func:`run_cell`.
         seeds: the seeds; each (variant, fraction, seed) is one cell.
         jobs: cells trained at the same time (each its own process; useful on a GPU with spare memory and CPU
             cores for the loaders). Cells start in table order.
@@ -313,9 +325,10 @@ def run_table(
         raise ValueError("seeds must not be empty.")
     bundle = Path(bundle)
     for v in variants:
-        config_files(bundle, v, preset)  # fail before the first cell on a misspelt variant or preset
+        config_files(bundle, v, preset, optimizer)  # fail before the first cell on a misspelt variant or preset
     settings = {
-        "bundle": str(bundle), "preset": preset, "split": split, "class_index": class_index,
+        "bundle": str(bundle), "preset": preset, **({"optimizer": optimizer} if optimizer is not None else {}),
+        "split": split, "class_index": class_index,
         "variants": list(variants), "fractions": [float(f) for f in fractions], "seeds": seeds,
         "overrides": list(overrides),
     }  # fmt: skip
@@ -345,11 +358,12 @@ def run_table(
             if r is None and (folder := _finished_dir(out, v, f, s)) is not None:
                 r = load_cell(folder)
             if r is not None:
-                if r.get("preset") != preset:
-                    raise ValueError(
-                        f"cell {cell_name(v, f, s)} was run with preset {r.get('preset')!r}, this table has "
-                        f"{preset!r}: use another --out / --results folder."
-                    )
+                for key, value in (("preset", preset), ("optimizer", optimizer)):
+                    if r.get(key) != value:
+                        raise ValueError(
+                            f"cell {cell_name(v, f, s)} was run with {key} {r.get(key)!r}, this table has "
+                            f"{value!r}: use another --out / --results folder."
+                        )
                 found.append(r)
         return found
 
@@ -371,7 +385,7 @@ def run_table(
             out,
             jobs,
             args,
-            {"preset": preset, "threads": threads},
+            {"preset": preset, "threads": threads, "optimizer": optimizer},
             cell_stamp,
             commit_results,
         )

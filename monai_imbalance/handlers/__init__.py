@@ -1,12 +1,13 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
 """Ignite handlers for MONAI engines: atomic checkpoints and resume, evaluation reports, logit distributions,
-context-label montages, augmentation-policy plots, performance estimation."""
+context-label montages, augmentation-policy plots, performance estimation, gradient-norm clipping."""
 
 from __future__ import annotations
 
 from .checkpoint import BestModelSaver, LatestCheckpointSaver, ResumeFromLatestCheckpoint, atomic_torch_save
 from .context_montage import ContextLabelMontageHandler
+from .gradient_clipping import GradientNormClipping
 from .logit_distribution import (
     LogitDistributionHandler,
     LogitMarginSampler,
@@ -25,6 +26,7 @@ __all__ = [
     "ContextLabelMontageHandler",
     "ESTIMATION_MODES",
     "FinalEpochValidationHandler",
+    "GradientNormClipping",
     "LatestCheckpointSaver",
     "LogitDistributionHandler",
     "LogitMarginSampler",

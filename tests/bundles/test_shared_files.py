@@ -55,11 +55,19 @@ def test_shared_train_settings_are_identical(key):
     assert not differ, f"train.json '{key}' differs from {NAMES[0]}'s in {differ}: change it in every bundle"
 
 
-@pytest.mark.parametrize(
-    "relative", ["logging.conf", *sorted(p.name for p in (BUNDLES / NAMES[0] / "configs" / "presets").glob("*.json"))]
+#: files every bundle ships the same: the logging set-up, the presets (sizes and schedules), the optimisers
+SHARED_FILES = ["logging.conf"] + sorted(
+    p.relative_to(BUNDLES / name / "configs").as_posix()
+    for name in NAMES
+    for folder in ("presets", "optimizers")
+    for p in (BUNDLES / name / "configs" / folder).glob("*.json")
 )
-def test_shared_files_are_byte_identical(relative):
-    path = relative if relative == "logging.conf" else f"presets/{relative}"
+
+
+@pytest.mark.parametrize("path", sorted(set(SHARED_FILES)))
+def test_shared_files_are_byte_identical(path):
+    missing = [name for name in NAMES if not (BUNDLES / name / "configs" / path).is_file()]
+    assert not missing, f"configs/{path} is missing in {missing}"
     contents = {name: (BUNDLES / name / "configs" / path).read_bytes() for name in NAMES}
     differ = [name for name, data in contents.items() if data != contents[NAMES[0]]]
     assert not differ, f"configs/{path} differs from {NAMES[0]}'s in {differ}"

@@ -71,7 +71,7 @@ def fake_eval() -> SimpleNamespace:
 @pytest.fixture
 def fake_bundle(tmp_path: Path) -> Path:
     """A bundle folder with ``train.json``, ``evaluate.json``, the variants ``ce``, ``same``, ``worse``, ``broken``
-    (its training fails) and the preset ``fast``."""
+    (its training fails), the preset ``fast`` and the optimizer ``sgd``."""
     bundle = tmp_path / "fake_bundle"
     for name in (
         "train",
@@ -82,6 +82,7 @@ def fake_bundle(tmp_path: Path) -> Path:
         "variants/worse",
         "variants/broken",
         "presets/fast",
+        "optimizers/sgd",
     ):
         path = bundle / "configs" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,39 @@ def test_preset_order_and_missing_preset(fake_bundle, fake_runs, tmp_path, capsy
     assert fake_runs == [] and not (tmp_path / "o").exists()
 
 
+def test_optimizer_is_stacked_last_recorded_and_not_mixed(fake_bundle, fake_runs, tmp_path, capsys):
+    configs = fake_bundle / "configs"
+    assert config_files(fake_bundle, "ce", "fast", "sgd") == [
+        str(configs / "train.json"), str(configs / "presets" / "fast.json"), str(configs / "variants" / "ce.json"),
+        str(configs / "optimizers" / "sgd.json"),
+    ]  # fmt: skip
+    results = tmp_path / "results" / "t"
+    out = tmp_path / "table"
+    run_table(fake_bundle, ["ce"], [0.5], out, preset="fast", optimizer="sgd", results_dir=results)
+    train, _ = fake_runs
+    assert train["files"][-1] == str(configs / "optimizers" / "sgd.json")
+    assert json.loads((cell_dir(out, "ce", 0.5) / "result.json").read_text())["optimizer"] == "sgd"
+    assert json.loads((results / "provenance.json").read_text())["optimizer"] == "sgd"
+    with pytest.raises(ValueError, match="run with optimizer 'sgd', this table has None"):
+        run_table(fake_bundle, ["ce"], [0.5], out, preset="fast", collect_only=True)
+    with pytest.raises(ValueError, match="holds cells with optimizer 'sgd', this table has None"):
+        run_table(fake_bundle, ["ce"], [0.5], tmp_path / "other", preset="fast", results_dir=results)
+    args = [
+        "table",
+        "--bundle",
+        str(fake_bundle),
+        "--variants",
+        "ce",
+        "--fractions",
+        "0.5",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main([*args, "--optimizer", "adam"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: optimizer 'adam': config file '{configs / 'optimizers' / 'adam.json'}' not found."
+
+
 def test_results_folder_resume_and_provenance(fake_bundle, fake_runs, fake_eval, tmp_path):
     results = tmp_path / "results" / "t2"
     base = ["table", "--bundle", str(fake_bundle), "--variants", "vanilla", "ce", "--fractions", "0.5",

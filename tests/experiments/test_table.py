@@ -94,10 +94,10 @@ def test_parallel_cells_failure_and_collect(tmp_path, monkeypatch, capsys):
     calls, threads_seen = [], set()
 
     def fake_run_cell(
-        bundle, variant, fraction, out, seed, split, class_index, overrides, preset=None, stamp=None, threads=None
+        bundle, variant, fraction, out, seed, split, class_index, overrides, preset=None, stamp=None, **kwargs
     ):
         calls.append((variant, fraction))
-        threads_seen.add(threads)
+        threads_seen.add(kwargs.get("threads"))
         if variant == "ce" and fraction == 0.5:
             raise RuntimeError("command failed (exit 1), log 'x/train.log':\nboom")
         folder = cell_dir(out, variant, fraction, seed)
