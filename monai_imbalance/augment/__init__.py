@@ -24,6 +24,7 @@ segmentation", IEEE TMI 2023 (JCSAugment), method section:
 from __future__ import annotations
 
 from .gumbel import (
+    SingletonGroupBaseline,
     backward_per_bin,
     conditional_gumbel,
     per_bin_coefficients,
@@ -63,6 +64,7 @@ __all__ = [
     "describe_policy",
     "load_policy",
     "per_bin_coefficients",
+    "SingletonGroupBaseline",
     "policy_paths",
     "randaugment_bins",
     "randaugment_probabilities",

@@ -27,6 +27,9 @@ segmentation", IEEE TMI 2023 (method section: the policies and their meta-gradie
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +38,7 @@ __all__ = [
     "check_logits",
     "conditional_gumbel",
     "per_bin_coefficients",
+    "SingletonGroupBaseline",
     "sample_straight_through",
     "straight_through_given",
 ]
@@ -122,7 +126,12 @@ def straight_through_given(
 
 
 def per_bin_coefficients(
-    grad_w: torch.Tensor, bins: torch.Tensor, groups: torch.Tensor, baseline: bool = True, normalize: bool = True
+    grad_w: torch.Tensor,
+    bins: torch.Tensor,
+    groups: torch.Tensor,
+    baseline: bool = True,
+    normalize: bool = True,
+    singleton_baselines: Mapping[int, float] | None = None,
 ) -> torch.Tensor:
     """The coefficients ``c_bo`` of the authors' per-group-baseline, per-bin-normalised update (module docstring).
 
@@ -132,6 +141,9 @@ def per_bin_coefficients(
         groups: ``(B,)`` class group of each sample.
         baseline: subtract the mean of ``grad_w`` within each group.
         normalize: divide by the number of samples of the same group that chose the same bin of the operation.
+        singleton_baselines: ``{group: baseline}`` for groups with a single sample in the batch, whose own mean would
+            cancel its gradient (e.g. a running mean of the group's earlier gradients); a singleton group missing from
+            it keeps the batch mean (its coefficients are then zero).
 
     Returns:
         ``(B, O)`` coefficients (detached).
@@ -148,7 +160,13 @@ def per_bin_coefficients(
     groups = groups.reshape(-1).to(bins.device)
     same_group = groups[:, None] == groups[None, :]  # (B, B)
     if baseline:
-        mean = (same_group.to(g.dtype) @ g) / same_group.sum(1).to(g.dtype)
+        size = same_group.sum(1)
+        mean = (same_group.to(g.dtype) @ g) / size.to(g.dtype)
+        if singleton_baselines:
+            for b in torch.nonzero(size == 1)[:, 0].tolist():
+                value = singleton_baselines.get(int(groups[b]))
+                if value is not None:
+                    mean[b] = float(value)
         g = g - mean
     coef = g[:, None].expand(-1, bins.shape[1]).clone()
     if normalize:
@@ -173,3 +191,64 @@ def backward_per_bin(per_op: torch.Tensor, coefficients: torch.Tensor) -> None:
     if not per_op.requires_grad:
         raise ValueError("per_op does not require grad: sample the weights with gradients enabled.")
     (per_op * coefficients.to(per_op.dtype)).sum().backward()
+
+
+class SingletonGroupBaseline:
+    """Running per-group baselines for the class groups that are alone in a batch (the learned-augmentation TRA step).
+
+    The per-group baseline subtracts each group's batch mean from its patches' weight gradients, so a group with one
+    patch in the batch gets a zero gradient. Called once per update with the batch's ``grad_w`` and ``groups``, this
+    object returns, for each group alone in the batch, the exponential running mean of that group's earlier batch
+    means (momentum ``momentum``) to use as its baseline instead (see :func:`per_bin_coefficients`), then updates the
+    running mean of every group present. A group alone before it has a running mean keeps the zero gradient.
+
+    Args:
+        momentum: the weight of the old running mean, in ``[0, 1)``.
+
+    Attributes:
+        singletons: patches whose group was alone in their batch.
+        without_baseline: those of them that had no running mean yet (zero gradient).
+    """
+
+    def __init__(self, momentum: float = 0.9) -> None:
+        if not 0.0 <= float(momentum) < 1.0:
+            raise ValueError(f"SingletonGroupBaseline: momentum must be in [0, 1), got momentum={momentum!r}.")
+        self.momentum = float(momentum)
+        self.means: dict[int, float] = {}
+        self.singletons = 0
+        self.without_baseline = 0
+
+    def __call__(self, grad_w: torch.Tensor, groups: torch.Tensor) -> dict[int, float]:
+        """``{group: running mean}`` for the groups alone in this batch; then update every present group's mean.
+
+        Args:
+            grad_w: ``(B,)`` gradient of the meta loss with respect to each patch's weight.
+            groups: ``(B,)`` class group of each patch.
+        """
+        g = grad_w.detach().reshape(-1).double().cpu()
+        groups = groups.reshape(-1).cpu()
+        present, counts = torch.unique(groups, return_counts=True)
+        out: dict[int, float] = {}
+        for group, count in zip(present.tolist(), counts.tolist(), strict=True):
+            if count == 1:
+                self.singletons += 1
+                if group in self.means:
+                    out[group] = self.means[group]
+                else:
+                    self.without_baseline += 1
+        for group in present.tolist():
+            mean = float(g[groups == group].mean())
+            old = self.means.get(group)
+            self.means[group] = mean if old is None else self.momentum * old + (1.0 - self.momentum) * mean
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running means and counters (primitives)."""
+        means = {str(k): v for k, v in self.means.items()}
+        return {"means": means, "singletons": self.singletons, "without_baseline": self.without_baseline}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (an empty mapping resets)."""
+        self.means = {int(k): float(v) for k, v in dict(state.get("means", {})).items()}
+        self.singletons = int(state.get("singletons", 0))
+        self.without_baseline = int(state.get("without_baseline", 0))

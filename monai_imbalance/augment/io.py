@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils import atomic_open, atomic_write_text
 from .policy import AugmentationPolicy, check_identity
 from .test_time import TestTimePolicy
 from .test_time_pool import TestTimeTransformPool
@@ -81,16 +82,18 @@ def describe_policy(policy: PolicyModule) -> dict[str, Any]:
 
 
 def save_policy(policy: PolicyModule, path: str | Path) -> tuple[Path, Path]:
-    """Write ``<path>.pt`` (state dict) and ``<path>.json`` (description, indented by 4 spaces).
+    """Write ``<path>.pt`` (state dict, tensors on the CPU) and ``<path>.json`` (description, indented by 4 spaces),
+    each atomically (a reader sees the old file or the complete new one).
 
     Returns:
         the two paths written.
     """
     pt, js = policy_paths(path)
     desc = describe_policy(policy)
-    pt.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(policy.state_dict(), pt)
-    js.write_text(json.dumps(desc, indent=4) + "\n")
+    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in policy.state_dict().items()}
+    with atomic_open(pt, "wb") as f:
+        torch.save(state, f)
+    atomic_write_text(json.dumps(desc, indent=4) + "\n", js)
     return pt, js
 
 

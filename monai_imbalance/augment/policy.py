@@ -396,7 +396,12 @@ class AugmentationPolicy(nn.Module):
         return PolicyWeights(bins, groups, torch.stack(cols, 1), tuple(soft))
 
     def accumulate_hypergradient(
-        self, weights: PolicyWeights, grad_w: torch.Tensor, baseline: bool = True, normalize: bool = True
+        self,
+        weights: PolicyWeights,
+        grad_w: torch.Tensor,
+        baseline: bool = True,
+        normalize: bool = True,
+        singleton_baselines: Mapping[int, float] | None = None,
     ) -> None:
         """Add the meta-gradient of the weights to the logits' ``.grad`` (JCSAugment's TRA meta-gradient).
 
@@ -409,6 +414,8 @@ class AugmentationPolicy(nn.Module):
             grad_w: ``(B,)`` ``d L_val / d w_b`` (e.g. ``LookaheadResult.grads[0]``).
             baseline: subtract the per-group mean.
             normalize: divide by the per-group, per-op bin counts.
+            singleton_baselines: the baseline of a group with a single patch in the batch, by group index
+                (:func:`~monai_imbalance.augment.gumbel.per_bin_coefficients`).
 
         Raises:
             ValueError: shape mismatch or a non-finite ``grad_w``.
@@ -416,7 +423,9 @@ class AugmentationPolicy(nn.Module):
         g = torch.as_tensor(grad_w)
         if not bool(torch.isfinite(g).all()):
             raise ValueError("grad_w holds NaN or inf: skip this policy update (and log it) instead.")
-        coef = per_bin_coefficients(g.to(weights.bins.device), weights.bins, weights.groups, baseline, normalize)
+        coef = per_bin_coefficients(
+            g.to(weights.bins.device), weights.bins, weights.groups, baseline, normalize, singleton_baselines
+        )
         backward_per_bin(weights.per_op, coef)
 
     def extra_repr(self) -> str:

@@ -43,7 +43,17 @@ SCHEMA_PATH = Path(__file__).parent / "schemas" / "meta_schema.json"
 #: the checks, in the order they run.
 CHECKS = ("metadata", "net_in_out", "torchscript", "configs")
 #: ids whose content runs the workflow (and everything under them); never instantiated by the config check.
-RUN_IDS = ("initialize", "run", "finalize", "training", "evaluating", "fitting", "estimating", "benchmarking")
+RUN_IDS = (
+    "initialize",
+    "run",
+    "finalize",
+    "training",
+    "evaluating",
+    "fitting",
+    "estimating",
+    "benchmarking",
+    "learning_tta",
+)
 #: ids that hold no component to instantiate.
 SKIPPED_TOP_IDS = ("_meta_", "imports", "_desc_")
 #: config file suffixes the config check reads.

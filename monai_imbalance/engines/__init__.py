@@ -13,7 +13,8 @@
   :class:`TransformedValidation`, :func:`per_sample_ce_dice`, :func:`foreground_dice_loss`): learned augmentation,
   the joint schedule of the training-time policy's meta step (TRA) and the test-time policy's step (TEA), either of
   which may be absent (Li et al., "Joint optimization of class-specific training- and test-time data augmentation in
-  segmentation", IEEE TMI 2023, method section).
+  segmentation", IEEE TMI 2023, method section); :class:`TestTimePolicyTrainer`: the test-time policy learned after
+  training, on the frozen segmenter (the authors' TEA-only stage).
 - :func:`lookahead_hypergradient` (and :func:`per_sample_lookahead_hypergradient`, :func:`apply_hypergradient`,
   :func:`functional_forward`, :func:`step_from_lookahead`): the one-step look-ahead shared by CoLab and learned
   augmentation.
@@ -48,6 +49,7 @@ from .lookahead import (
 from .mixup import mixup_batch, mixup_images, mixup_labels, sample_mixup_lambda
 from .regularized_trainer import AdversarialConfig, MixupConfig, RegularisedSupervisedTrainer
 from .test_time_policy import TestTimePolicyLearner, TransformedValidation
+from .test_time_policy_trainer import TestTimePolicyTrainer
 from .training_policy import TrainingPolicyLearner
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "MixupConfig",
     "RegularisedSupervisedTrainer",
     "TestTimePolicyLearner",
+    "TestTimePolicyTrainer",
     "TrainingPolicyLearner",
     "TransformedValidation",
     "adversarial_perturbation",

@@ -30,7 +30,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from monai_imbalance.augment import AugmentationPolicy, PolicyWeights, SharedPolicyProbabilities
+from monai_imbalance.augment import (
+    AugmentationPolicy,
+    PolicyWeights,
+    SharedPolicyProbabilities,
+    SingletonGroupBaseline,
+)
 from monai_imbalance.utils import check_int_setting, check_settings, highest_resolution, plain_tensor, unwrap_module
 
 from .augmentation_losses import foreground_dice_loss, per_sample_ce_dice
@@ -67,6 +72,7 @@ _ALLOWED = (
     "meta_lr",
     "baseline",
     "normalize",
+    "singleton_baseline",
     "bins_key",
     "group_key",
     "reuse_lookahead_gradient",
@@ -115,6 +121,10 @@ class TrainingPolicyLearner:
         meta_lr: the virtual step's learning rate; ``None``: the segmenter optimizer's current learning rate.
         baseline: subtract the per-group mean of the weight gradients (the authors' rule; True).
         normalize: divide by the per-group, per-op bin counts (True).
+        singleton_baseline: a class group with a single patch in the batch would get a zero gradient from its own
+            batch mean; with ``True`` (default) its baseline is instead the running mean of that group's earlier
+            batch means (:class:`~monai_imbalance.augment.SingletonGroupBaseline`, which counts them), so it still
+            learns. ``False``: the authors' batch mean alone.
         bins_key: batch key of the sampled bins ``(B, O)``.
         group_key: batch key of the class-group indices ``(B,)``.
         reuse_lookahead_gradient: on TRA iterations, let the trainer's normal step reuse the look-ahead's gradient and
@@ -138,11 +148,13 @@ class TrainingPolicyLearner:
     meta_lr: float | None = None
     baseline: bool = True
     normalize: bool = True
+    singleton_baseline: bool = True
     bins_key: str = "policy_bins"
     group_key: str = "policy_group"
     reuse_lookahead_gradient: bool | None = None
     steps: int = field(default=0, init=False)
     skipped: int = field(default=0, init=False)
+    _singles: SingletonGroupBaseline = field(default_factory=SingletonGroupBaseline, init=False, repr=False)
     _reuse: bool = field(default=False, init=False, repr=False)
     _train_step: LookaheadTrainStep | None = field(default=None, init=False, repr=False)
 
@@ -172,7 +184,7 @@ class TrainingPolicyLearner:
             )
         self.validation_loss = key
         check_lookahead_settings(_OWNER, self.method, self.r, self.meta_lr)
-        for name in ("baseline", "normalize"):
+        for name in ("baseline", "normalize", "singleton_baseline"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{_OWNER} {name} must be true or false, got {getattr(self, name)!r}.")
         for name in ("bins_key", "group_key"):
@@ -395,7 +407,8 @@ class TrainingPolicyLearner:
         self.optimizer.zero_grad(set_to_none=True)
         skipped, reason = result.skipped, result.reason
         if not skipped:
-            self.policy.accumulate_hypergradient(weights, result.grads[0], self.baseline, self.normalize)
+            singles = self._singles(result.grads[0], groups) if self.baseline and self.singleton_baseline else None
+            self.policy.accumulate_hypergradient(weights, result.grads[0], self.baseline, self.normalize, singles)
         skipped, reason = finish_auxiliary_step(self.policy, self.optimizer, skipped, reason, "nonfinite_policy_grad")
         if skipped:
             self.skipped += 1
@@ -426,7 +439,7 @@ class TrainingPolicyLearner:
         """The policy, its optimizer and the counters (tensors, containers, primitives)."""
         assert self.optimizer is not None
         state = {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
-        return {**state, "steps": self.steps, "skipped": self.skipped}
+        return {**state, "steps": self.steps, "skipped": self.skipped, "singletons": self._singles.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` and refresh the shared table (a policy for another pool or grouping raises)."""
@@ -437,5 +450,6 @@ class TrainingPolicyLearner:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps, self.skipped = int(state.get("steps", 0)), int(state.get("skipped", 0))
+        self._singles.load_state_dict(state.get("singletons", {}))
         if self.shared is not None:
             self.shared.update(self.policy)

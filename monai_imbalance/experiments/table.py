@@ -8,7 +8,10 @@ data. :func:`run_table` reproduces that shape for any bundle: for each cell it r
 1. ``python -m monai.bundle run training`` with ``train.json`` (+ ``presets/<preset>.json``) (+
    ``variants/<variant>.json``), the training fraction and the seed, into the cell's own ``bundle_root``
    (``<out>/cells/<variant>__f<fraction>__s<seed>``);
-2. ``python -m monai.bundle run evaluating`` with the same files and ``evaluate.json`` on the fixed test split;
+2. when the merged config sets ``learn_tta_after_training`` (the learned-augmentation bundle's post-hoc test-time
+   policy), ``python -m monai.bundle run learning_tta`` with the same files and ``learn_tta.json`` on the trained
+   model;
+3. ``python -m monai.bundle run evaluating`` with the same files and ``evaluate.json`` on the fixed test split;
 
 then reads the cell's ``eval/metrics_summary.csv`` and ``eval/metrics_per_case.csv`` and keeps DSC, SEN, PRC and
 HD95 of one class (by default the rarest foreground class of the test split): the summary in ``result.json`` and
@@ -121,6 +124,16 @@ def config_files(
     return [str(f) for f in files]
 
 
+def _learns_tta_after_training(train_files: Sequence[str]) -> bool:
+    """Whether the merged training config asks for the post-hoc test-time policy stage (``learn_tta_after_training``,
+    the learned-augmentation bundle's ``learn_tta.json``, run as ``learning_tta`` between training and evaluation)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(list(train_files))
+    return bool(parser.get("learn_tta_after_training", False))
+
+
 def _run(cmd: list[str], log: Path, threads: int | None = None) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
@@ -226,6 +239,13 @@ def run_cell(
     train_cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr(train_files)]
     _run([*train_cmd, *common, *resume], folder / "train.log", threads)
     train_seconds = time.time() - start
+    tta_seconds = None
+    if _learns_tta_after_training(train_files):  # a post-hoc stage on the trained model, before the evaluation
+        start = time.time()
+        tta_files = [*train_files, str(configs / "learn_tta.json")]
+        tta_cmd = [sys.executable, "-m", "monai.bundle", "run", "learning_tta", "--config_file", repr(tta_files)]
+        _run([*tta_cmd, *common], folder / "learn_tta.log", threads)
+        tta_seconds = round(time.time() - start, 1)
     start = time.time()
     eval_files = [*train_files, str(configs / "evaluate.json")]
     eval_cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", repr(eval_files)]
@@ -253,6 +273,7 @@ def run_cell(
         "n": int(row["n"]),
         **{f"{m}_{s}": float(row[f"{m}_{s}"]) for m, _, _ in METRICS for s in ("mean", "std")},
         "train_seconds": round(train_seconds, 1),
+        **({"tta_seconds": tta_seconds} if tta_seconds is not None else {}),
         "eval_seconds": round(eval_seconds, 1),
         "finished": now(),
         **(stamp or {}),

@@ -102,3 +102,31 @@ def test_backward_per_bin_and_check_logits_errors() -> None:
     with pytest.raises(ValueError, match="all -inf"):
         gumbel.check_logits(torch.full((2,), float("-inf")), "p")
     gumbel.check_logits(torch.tensor([0.0, float("-inf")]), "p")  # a zero-probability bin is fine
+
+
+def test_a_group_alone_in_the_batch_takes_its_running_baseline() -> None:
+    """The per-group baseline cancels a singleton group's gradient; a running baseline gives it one."""
+    grad_w = torch.tensor([0.5, -0.25, 2.0], dtype=torch.float64)
+    bins = torch.tensor([[0], [1], [0]])
+    groups = torch.tensor([0, 0, 1])  # group 1 has one patch
+    plain = gumbel.per_bin_coefficients(grad_w, bins, groups)
+    assert float(plain[2, 0]) == 0.0  # g - mean(g of its group) = 0: the authors' rule, a silent zero
+    coef = gumbel.per_bin_coefficients(grad_w, bins, groups, singleton_baselines={1: 0.5})
+    assert float(coef[2, 0]) == pytest.approx(2.0 - 0.5)  # by hand: (g - running mean) / 1 patch in its bin
+    torch.testing.assert_close(coef[:2], plain[:2])  # groups with several patches keep the batch mean
+
+    running = gumbel.SingletonGroupBaseline(momentum=0.9)
+    assert running(grad_w, groups) == {}  # first time alone: no running mean yet (counted)
+    assert running.singletons == 1 and running.without_baseline == 1
+    assert running.means == {0: pytest.approx(0.125), 1: pytest.approx(2.0)}
+    out = running(torch.tensor([1.0, 3.0, -1.0], dtype=torch.float64), torch.tensor([1, 1, 0]))
+    assert out == {0: pytest.approx(0.125)}  # group 0 is alone now: its running mean from the last batch
+    assert running.means[1] == pytest.approx(0.9 * 2.0 + 0.1 * 2.0) and running.means[0] == pytest.approx(
+        0.9 * 0.125 + 0.1 * -1.0
+    )
+    assert running.singletons == 2 and running.without_baseline == 1
+    copy = gumbel.SingletonGroupBaseline()
+    copy.load_state_dict(running.state_dict())
+    assert copy.means == running.means and copy.singletons == 2
+    with pytest.raises(ValueError, match="momentum"):
+        gumbel.SingletonGroupBaseline(momentum=1.0)

@@ -45,7 +45,10 @@ def trained(dataset, tmp_path_factory, bundle):
 
 
 def test_variants_are_the_issue_list():
-    assert set(VARIANTS) == {"vanilla", "kmeans_t2", "dilated_t2", "colab_t2", "colab_t4", "colab_t6", "colab_t2_fast"}
+    assert set(VARIANTS) == {
+        "vanilla", "kmeans_t2", "dilated_t2", "colab_t2", "colab_t4", "colab_t6", "colab_t2_fast",
+        "colab_t2_scaled_meta_lr",
+    }  # fmt: skip
     for name in VARIANTS:
         content = json.loads((CONFIGS / "variants" / f"{name}.json").read_text())
         assert "train" not in content and "validate" not in content, name
@@ -154,3 +157,17 @@ def test_colab_training_with_performance_tracking(dataset, tmp_path, bundle):
     assert len(external["true"]) == 1  # one foreground class (C = 2), not the K - 1 = 2 channels of the segmenter
     for name in ("ac", "cs-ts"):
         assert 0.0 <= external["estimated"][name][0] <= 1.0
+
+
+def test_scaled_meta_lr_variant_gives_the_generator_the_authors_step_budget(dataset, tmp_path, bundle):
+    """``colab_t2_scaled_meta_lr``: 3e-4 x min(100, 80,000 / generator updates), the updates counted by hand."""
+    wf = bundle.workflow(["train.json", "variants/colab_t2_scaled_meta_lr.json"], dataset, tmp_path, epochs=3)
+    wf.initialize()
+    parser = wf.parser
+    iterations = len(parser.get_parsed_content("train#dataloader"))
+    patches = parser["batch_size"] * parser["num_samples"]
+    updates = 3 * iterations // parser["meta_interval"] * patches  # one update per patch (the per-sample loop)
+    expected = 3e-4 * min(100.0, 80000 / max(1, updates))
+    assert parser.get_parsed_content("generator_learning_rate") == pytest.approx(expected)
+    optimizer = parser.get_parsed_content("generator_optimizer")
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(expected) and expected > 3e-4

@@ -3,9 +3,11 @@
 """The ``learned_augmentation_segmentation`` bundle (JCSAugment, Li et al., IEEE TMI 2023) through ``ConfigWorkflow``.
 
 Tiny phantoms (32^3), a tiny DynUNet and 16^3 patches. The default ``train.json`` is the joint method (class-specific
-TRA + learned TEA); it is trained once for two tiny epochs, then resumed, evaluated and used for inference. Every
-variant is built from its config and its objects checked (policy groups, probabilities, learner, TTA); ``none`` and
-``learned`` are also trained end to end.
+TRA + learned TEA); it is trained once for two tiny epochs, then resumed, evaluated and used for inference, and its
+segmenter is the frozen model of the post-hoc TEA run (``learn_tta.json``, ``run learning_tta``). Every variant is
+built from its config and its objects checked (policy groups, probabilities, learner, TTA); ``none`` and ``learned``
+are also trained end to end, and ``learned_class_specific_learned_tta`` runs its whole pipeline (TRA training,
+post-hoc TEA, evaluation with the learned TTA).
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -81,7 +86,7 @@ def trained(dataset, tmp_path_factory, harness):
 
 
 def test_variants_are_the_issue_list():
-    assert set(VARIANTS) == ISSUE_VARIANTS | {"vanilla"}
+    assert set(VARIANTS) == ISSUE_VARIANTS | {"vanilla", "learned_class_specific_scaled_meta_lr"}
     for name in VARIANTS:
         content = json.loads((CONFIGS / "variants" / f"{name}.json").read_text())
         assert "train" not in content and "validate" not in content, name  # deltas only, never whole sections
@@ -323,18 +328,18 @@ def test_variant_builds_what_its_name_says(variant, dataset, tmp_path):
     assert not {d["image"] for d in held_out} & {d["image"] for d in training}
     expected_groups = ("all",) if variant == "learned" else BG_FG
     assert policy.group_names == expected_groups
-    if variant in ("learned", "learned_class_specific", "learned_class_specific_heuristic_tta"):
+    # the experiment table runs learning_tta (learn_tta.json) between training and evaluation for this variant only
+    post_hoc = variant == "learned_class_specific_learned_tta"
+    assert parser.get("learn_tta_after_training", False) is post_hoc
+    if variant != "joint":  # TRA alone in training; the learned-TTA variant learns its test-time policy post hoc
         assert tea_learner is None and parser.get_parsed_content("test_time_policy") is None
-        assert tta == ("mirroring" if variant.endswith("heuristic_tta") else "none")
-    else:
+        heuristic = variant == "learned_class_specific_heuristic_tta"
+        assert tta == ("learned" if post_hoc else "mirroring" if heuristic else "none")
+    else:  # TEA from the start, coupled with TRA, the joint learning rate
         assert isinstance(tea_learner, TestTimePolicyLearner) and isinstance(tea_learner.policy, TestTimePolicy)
         assert tea_learner.num_samples == 10 and tea_learner.interval == 1 and tta == "learned"
-        if variant == "joint":  # TEA from the start, coupled with TRA, the joint learning rate
-            assert hook.augment_validation and tea_learner.warmup_epochs == 0
-            assert tea_learner.optimizer.defaults["lr"] == 5e-5 and tea_learner.lr_scheduler.total_iters == 30 * 2
-        else:  # TEA in the last 10 epochs, on the TRA-trained model, the TEA-only learning rate
-            assert not hook.augment_validation and tea_learner.warmup_epochs == 30 - 10
-            assert tea_learner.optimizer.defaults["lr"] == 5e-3 and tea_learner.lr_scheduler.total_iters == 10 * 2
+        assert hook.augment_validation and tea_learner.warmup_epochs == 0
+        assert tea_learner.optimizer.defaults["lr"] == 5e-5 and tea_learner.lr_scheduler.total_iters == 30 * 2
 
 
 @pytest.mark.parametrize("variant", ["none", "learned"])
@@ -356,3 +361,76 @@ def test_variant_trains_end_to_end(variant, dataset, tmp_path, harness):
         assert len(batch) == 2 and all(item["policy_bins"].shape == (15,) for item in batch)  # last: 1 case x 2
         assert {int(item["policy_group"]) for item in batch} == {0}
         assert list(json.loads((tmp_path / "models" / "policy.json").read_text())["probabilities"]) == ["all"]
+
+
+@pytest.mark.parametrize("lr", [5e-3, 0.0])
+def test_post_hoc_tea_learns_the_test_time_policy_on_the_frozen_segmenter(lr, trained, dataset, harness, tmp_path):
+    root, _ = trained
+    _copy_models(root, tmp_path, ["model.pt"])  # the trained segmenter alone: no test-time policy file yet
+    saved = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    settings = {"tta_epochs": 2, "tta_iterations": 3, "tta_learning_rate": lr}
+    wf = harness.run(["train.json", "learn_tta.json"], dataset, tmp_path, run_id="learning_tta", **settings)
+    trainer = wf.parser.get_parsed_content("learn_tta#trainer")
+    network = wf.parser.get_parsed_content("network")
+    assert trainer.network is network  # the held-out patches of the joint TEA:
+    assert trainer.data_loader is wf.parser.get_parsed_content("meta_validation#dataloader")
+    # the segmenter holds the trained weights bit for bit after the run, frozen
+    state = network.state_dict()
+    assert state.keys() == saved.keys() and all(torch.equal(state[k].cpu(), saved[k]) for k in saved)
+    assert not network.training and not any(p.requires_grad for p in network.parameters())
+    # 2 x 3 TEA steps from the nnU-Net-like start, at the given learning rate (poly over the 6 steps)
+    learner = trainer.learner
+    assert learner.steps == 6 and learner.skipped == 0 and learner.optimizer.defaults["lr"] == lr
+    assert learner.lr_scheduler.total_iters == 6 and learner.num_samples == 10
+    start = TestTimePolicy(init="nnunet").probabilities()
+    probs = learner.policy.probabilities().cpu()
+    change = float((probs - start).abs().max())
+    assert trainer.state.metrics["test_time_policy_max_change"] == pytest.approx(change, abs=1e-7)
+    if lr > 0:
+        assert change > 1e-4  # the policy moved
+    else:
+        assert torch.equal(probs, start)
+    # written where evaluate.json reads it, and read by its learned-TTA inferer
+    assert wf.parser.get_parsed_content("test_time_policy_file") == str(tmp_path / "models" / "test_time_policy.pt")
+    torch.testing.assert_close(load_policy(tmp_path / "models" / "test_time_policy").probabilities(), probs)
+    files = ["train.json", "variants/learned_class_specific_learned_tta.json", "evaluate.json"]
+    inferer = _parser(files, dataset, tmp_path, patch_size=[16, 16, 16]).get_parsed_content("validate#inferer")
+    assert isinstance(inferer, LearnedTTAInferer) and inferer.load().indices == learner.policy.top_k(8)[0]
+
+
+def test_learned_class_specific_learned_tta_is_tra_then_post_hoc_tea(dataset, harness, tmp_path):
+    files = ["train.json", "variants/learned_class_specific_learned_tta.json"]
+    wf = harness.run(files, dataset, tmp_path, epochs=1)
+    assert wf.parser.get_parsed_content("train#trainer#iteration_update").test_time is None  # no TEA in training
+    assert not (tmp_path / "models" / "test_time_policy.pt").exists()
+    model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    settings = {"run_id": "learning_tta", "tta_epochs": 1, "tta_iterations": 2}
+    wf = harness.run([*files, "learn_tta.json"], dataset, tmp_path, **settings)
+    policy = wf.parser.get_parsed_content("learn_tta#learner").policy
+    assert policy.pool.names == TestTimePolicy().pool.names and (tmp_path / "models" / "test_time_policy.pt").is_file()
+    after = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert all(torch.equal(after[k], model[k]) for k in model)  # the file is not rewritten either
+    wf = harness.run([*files, "evaluate.json"], dataset, tmp_path)
+    inferer = wf.parser.get_parsed_content("validate#inferer")
+    assert isinstance(inferer, LearnedTTAInferer) and inferer.indices == policy.top_k(8)[0]
+    assert {r["split"] for r in harness.read_csv(tmp_path / "eval" / "metrics_per_case.csv")} == {"test", "external"}
+
+
+def test_post_hoc_tea_without_a_trained_segmenter_fails_naming_the_file(dataset, harness, tmp_path):
+    args = harness.command("learning_tta", ["train.json", "learn_tta.json"], dataset, tmp_path, cache_rate=0.0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode != 0
+    assert f"no trained segmenter at '{tmp_path / 'models' / 'model.pt'}'" in out.stdout + out.stderr
+    assert not (tmp_path / "models" / "test_time_policy.pt").exists()
+
+
+def test_scaled_meta_lr_variant_gives_the_policy_the_authors_step_budget(dataset, tmp_path):
+    """``learned_class_specific_scaled_meta_lr``: 5e-4 x min(100, 200,000 / TRA steps), the steps counted by hand."""
+    files = ["train.json", "variants/learned_class_specific_scaled_meta_lr.json"]
+    parser = _parser(files, dataset, tmp_path, epochs=4, iterations_per_epoch=50)
+    steps = (4 - parser["warmup_epochs"]) * 50 // parser["meta_interval"]
+    expected = 5e-4 * min(100.0, 200000 / steps)
+    assert parser.get_parsed_content("policy_learning_rate") == pytest.approx(expected)
+    assert parser.get_parsed_content("policy_optimizer").param_groups[0]["lr"] == pytest.approx(expected)
+    assert parser.get_parsed_content("policy").group_names == BG_FG  # the class-specific policy of the variant

@@ -72,8 +72,9 @@ ASYMMETRIC = {"monai_imbalance.engines.regularized_trainer", "monai_imbalance.en
 COLAB = {"monai_imbalance.engines.context_labels", "monai_imbalance.networks.context_generator"}
 TRA = {"monai_imbalance.engines.training_policy"}
 TEA = {"monai_imbalance.engines.test_time_policy"}
+POST_HOC_TEA = {"monai_imbalance.engines.test_time_policy_trainer"}
 AUGMENTATION = {"monai_imbalance.engines.augmentation_policy", "monai_imbalance.engines.augmentation_losses",
-                "monai_imbalance.augment"} | TRA | TEA  # fmt: skip
+                "monai_imbalance.augment"} | TRA | TEA | POST_HOC_TEA  # fmt: skip
 SHARED_LOOKAHEAD = {"monai_imbalance.engines.lookahead"}
 
 
@@ -82,9 +83,13 @@ SHARED_LOOKAHEAD = {"monai_imbalance.engines.lookahead"}
     [
         ("monai_imbalance.engines.regularized_trainer", COLAB | AUGMENTATION | SHARED_LOOKAHEAD),
         ("monai_imbalance.engines.context_labels", ASYMMETRIC | AUGMENTATION),
-        ("monai_imbalance.engines.augmentation_policy", ASYMMETRIC | COLAB),
-        ("monai_imbalance.engines.training_policy", ASYMMETRIC | COLAB | TEA),
-        ("monai_imbalance.engines.test_time_policy", ASYMMETRIC | COLAB | TRA | SHARED_LOOKAHEAD),
+        ("monai_imbalance.engines.augmentation_policy", ASYMMETRIC | COLAB | POST_HOC_TEA),
+        ("monai_imbalance.engines.training_policy", ASYMMETRIC | COLAB | TEA | POST_HOC_TEA),
+        ("monai_imbalance.engines.test_time_policy", ASYMMETRIC | COLAB | TRA | SHARED_LOOKAHEAD | POST_HOC_TEA),
+        (
+            "monai_imbalance.engines.test_time_policy_trainer",
+            ASYMMETRIC | COLAB | TRA | SHARED_LOOKAHEAD | {"monai_imbalance.engines.augmentation_policy"},
+        ),
         ("monai_imbalance.engines.lookahead", ASYMMETRIC | COLAB | AUGMENTATION),
     ],
 )

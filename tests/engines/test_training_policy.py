@@ -314,7 +314,7 @@ def test_state_dict_round_trip_with_weights_only():
     torch.save(learner.state_dict(), buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
-    assert set(state) == {"policy", "optimizer", "steps", "skipped"}
+    assert set(state) == {"policy", "optimizer", "steps", "skipped", "singletons"}
     policy2 = AugmentationPolicy()
     shared2 = SharedPolicyProbabilities(policy2)
     other = _learner(policy=policy2, shared=shared2)
@@ -322,7 +322,41 @@ def test_state_dict_round_trip_with_weights_only():
     assert torch.equal(policy2.probability_matrix(), policy.probability_matrix())
     assert torch.equal(shared2._table, policy.probability_matrix())  # the loader workers' table follows
     assert other.steps == 1 and other.skipped == 0 and other.optimizer.state
+    assert other.state_dict()["singletons"] == learner.state_dict()["singletons"]  # the running baselines too
     with pytest.raises(ValueError, match="group"):
         _learner(policy=AugmentationPolicy(groups={"all": None})).load_state_dict(state)
     with pytest.raises(ValueError, match="lacks 'optimizer'"):
         _learner().load_state_dict({"policy": state["policy"]})
+
+
+def _group_grads(policy: AugmentationPolicy) -> dict[str, float]:
+    """The size of the accumulated gradient of each group's logits."""
+    return {
+        group: sum(float(p.grad.abs().sum()) for p in ops.values() if p.grad is not None)
+        for group, ops in policy.logits.items()
+    }
+
+
+@pytest.mark.parametrize("singleton_baseline", [True, False])
+def test_a_group_alone_in_the_batch_still_gets_a_gradient(singleton_baseline):
+    """Batches of 4 patches, 3 background and 1 foreground: with the authors' per-group batch mean alone, the
+    foreground policy never learns; the running baseline gives it a gradient from its second occurrence on."""
+    torch.manual_seed(0)
+    net, policy = TinySeg(), AugmentationPolicy()
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)  # keep the policy fixed: look at the gradients only
+    learner = _learner(policy=policy, optimizer=optimizer, singleton_baseline=singleton_baseline)
+    bins, _ = _bins(policy, 3)
+    groups = torch.tensor([0, 0, 0, 1])  # 0 background, 1 foreground (AugmentationPolicy's default groups)
+    names = list(policy.logits)
+    seen = []
+    for step in range(3):
+        learner.meta_step(net, _sgd(net), *_data(10 + step), bins, groups, _data(20 + step))
+        seen.append(_group_grads(policy))
+    assert all(s[names[0]] > 0 for s in seen)  # the background group (3 patches) always learns
+    assert seen[0][names[1]] == 0.0  # the first time alone: no running mean yet
+    if singleton_baseline:
+        assert seen[1][names[1]] > 0 and seen[2][names[1]] > 0
+        assert learner.state_dict()["singletons"]["singletons"] == 3
+        assert learner.state_dict()["singletons"]["without_baseline"] == 1
+    else:
+        assert seen[1][names[1]] == 0.0 and seen[2][names[1]] == 0.0  # a silent zero every time

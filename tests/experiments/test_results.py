@@ -135,6 +135,26 @@ def test_optimizer_is_stacked_last_recorded_and_not_mixed(fake_bundle, fake_runs
     assert err == f"error: optimizer 'adam': config file '{configs / 'optimizers' / 'adam.json'}' not found."
 
 
+def test_a_variant_with_a_post_hoc_stage_runs_it_between_training_and_evaluation(fake_bundle, fake_runs, tmp_path):
+    configs = fake_bundle / "configs"
+    (configs / "variants" / "posthoc.json").write_text(json.dumps({"learn_tta_after_training": True}))
+    (configs / "learn_tta.json").write_text(json.dumps({"name": "learn_tta"}))
+    out = tmp_path / "table"
+    run_table(fake_bundle, ["ce", "posthoc"], [0.5], out)
+    stages = {c["folder"].name: [] for c in fake_runs}
+    for call in fake_runs:
+        stages[call["folder"].name].append(call["stage"])
+    assert stages == {"ce__f0.5__s0": ["training", "evaluating"],
+                      "posthoc__f0.5__s0": ["training", "learning_tta", "evaluating"]}  # fmt: skip
+    (tta,) = [c for c in fake_runs if c["stage"] == "learning_tta"]
+    assert tta["files"] == [*config_files(fake_bundle, "posthoc"), str(configs / "learn_tta.json")]
+    assert tta["seed"] == 0 and "--training_fraction" in tta["cmd"] and "--resume" not in tta["cmd"]
+    result = json.loads((cell_dir(out, "posthoc", 0.5) / "result.json").read_text())
+    assert "tta_seconds" in result and "tta_seconds" not in json.loads(
+        (cell_dir(out, "ce", 0.5) / "result.json").read_text()
+    )
+
+
 def test_results_folder_resume_and_provenance(fake_bundle, fake_runs, fake_eval, tmp_path):
     results = tmp_path / "results" / "t2"
     base = ["table", "--bundle", str(fake_bundle), "--variants", "vanilla", "ce", "--fractions", "0.5",
