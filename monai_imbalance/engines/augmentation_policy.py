@@ -53,7 +53,8 @@ class AugmentationPolicyIteration:
     """The ``iteration_update`` of a trainer with learned augmentation (JCSAugment, Li et al., IEEE TMI 2023).
 
     Each iteration: when any policy step is due, the next batch of ``validation_loader`` (cycled); then the TRA meta
-    step (:meth:`TrainingPolicyLearner.meta_step`; with ``augment_validation`` and a test-time learner, on the
+    step (:meth:`TrainingPolicyLearner.meta_step`, on the next batch of ``training_loader`` when given, else on the
+    trainer's batch; with ``augment_validation`` and a test-time learner, on the
     validation batch seen through one transform per patch drawn from the current test-time policy,
     :meth:`TestTimePolicyLearner.transformed_validation`); then the TEA step (:meth:`TestTimePolicyLearner.step`) on
     the same validation batch; then the trainer's own iteration (``engine._iteration``: ``SupervisedTrainer``'s step,
@@ -74,6 +75,10 @@ class AugmentationPolicyIteration:
             ``label`` ``(B, 1, *sp)``, prepared by the trainer's ``prepare_batch``); cycled.
         augment_validation: transform the TRA validation batch by the current test-time policy when there is one
             (the joint method; True).
+        training_loader: an iterable of policy-augmented training batches for the TRA look-ahead (the authors draw
+            10 patches per policy step, whatever the segmenter's batch size), with the training learner's bins and
+            groups; cycled. ``None``: the TRA step uses the trainer's own batch (the normal step may then reuse the
+            look-ahead's pass; with a separate batch it cannot).
 
     Raises:
         ValueError: neither learner, no ``validation_loader``, or a bad setting; (first call)
@@ -86,6 +91,7 @@ class AugmentationPolicyIteration:
         test_time: TestTimePolicyLearner | Mapping[str, Any] | None = None,
         validation_loader: Iterable | None = None,
         augment_validation: bool = True,
+        training_loader: Iterable | None = None,
     ) -> None:
         self.training: TrainingPolicyLearner | None = _learner("training", training, TrainingPolicyLearner)
         self.test_time: TestTimePolicyLearner | None = _learner("test_time", test_time, TestTimePolicyLearner)
@@ -100,19 +106,24 @@ class AugmentationPolicyIteration:
             raise ValueError(f"{_OWNER} augment_validation must be true or false, got {augment_validation!r}.")
         self.validation_loader = validation_loader
         self.augment_validation = augment_validation
-        self._val_iter: Iterator | None = None
+        self.training_loader = training_loader
+        self._iters: dict[str, Iterator | None] = {"validation_loader": None, "training_loader": None}
         self._checked = False
+
+    def _next(self, name: str) -> Any:
+        """The next batch of the loader ``name`` (restarted when exhausted)."""
+        for _ in range(2):
+            if self._iters[name] is None:
+                self._iters[name] = iter(getattr(self, name))
+            try:
+                return next(self._iters[name])  # type: ignore[arg-type]
+            except StopIteration:
+                self._iters[name] = None
+        raise ValueError(f"{_OWNER} {name} yielded no batch.")
 
     def validation_batch(self) -> Any:
         """The next held-out validation batch (the loader is restarted when exhausted)."""
-        for _ in range(2):
-            if self._val_iter is None:
-                self._val_iter = iter(self.validation_loader)
-            try:
-                return next(self._val_iter)
-            except StopIteration:
-                self._val_iter = None
-        raise ValueError(f"{_OWNER} validation_loader yielded no batch.")
+        return self._next("validation_loader")
 
     def policy_steps(self, engine: Any, batchdata: Any) -> dict[str, float]:
         """The steps due at this iteration, before the segmenter step: TRA meta step, then TEA (joint schedule).
@@ -139,9 +150,10 @@ class AugmentationPolicyIteration:
         out: dict[str, float] = {}
         if run_tra:
             assert self.training is not None
-            batch = engine.prepare_batch(batchdata, device, engine.non_blocking, **engine.to_kwargs)
+            meta = batchdata if self.training_loader is None else self._next("training_loader")
+            batch = engine.prepare_batch(meta, device, engine.non_blocking, **engine.to_kwargs)
             image, label = plain_tensor(batch[0]), plain_tensor(batch[1])
-            bins, groups = self.training.policy_batch(batchdata, image.device)
+            bins, groups = self.training.policy_batch(meta, image.device)
             engine.network.train()
             transformed = None
             if self.test_time is not None and self.augment_validation:
@@ -165,9 +177,10 @@ class AugmentationPolicyIteration:
     def _check(self, engine: Any) -> None:
         if self.training is not None:
             inexact = ["amp (the reused gradient is float32, the normal step's autocast)"] if engine.amp else []
-            self.training.resolve_reuse(
-                lookahead_step_blockers(engine), inexact + (["compile"] if engine.compile else [])
-            )
+            blockers = lookahead_step_blockers(engine)
+            if self.training_loader is not None:
+                blockers.append("a separate meta-training batch (training_loader): the look-ahead's is not the step's")
+            self.training.resolve_reuse(blockers, inexact + (["compile"] if engine.compile else []))
         self.broadcast()
         self._checked = True
 
@@ -235,5 +248,5 @@ class AugmentationPolicyIteration:
                     f"{'has no learner for' if learner is None else 'learns'}."
                 )
             if learner is not None:
-                keys = ("policy", "optimizer", "steps", "skipped")
+                keys = ("policy", "optimizer", "steps", "skipped", "singletons")
                 learner.load_state_dict({k: state[prefix + k] for k in keys if prefix + k in state})

@@ -514,3 +514,26 @@ def test_learned_augmentation_composes_with_the_mixup_step():
     assert len(steps) == 6  # step 1 and the mixup step of each iteration
     assert all({"policy_meta_loss", "loss_mixup", "mixup_lambda"} <= set(o) for o in outputs)
     assert [("test_time_loss" in o) for o in outputs] == [False, True, False]
+
+
+def test_tra_takes_its_own_meta_training_batches_when_given_a_training_loader():
+    """The authors' meta batch: the TRA look-ahead runs on batches of ``training_loader`` (here 4 patches, the
+    segmenter's 2), whatever the trainer's batch; the trainer's batches then need no recorded bins, and the normal
+    step cannot reuse the look-ahead's pass."""
+    policy = AugmentationPolicy()
+    a, b = _training_batches(policy, 2)
+    meta = [{k: torch.cat([a[k], b[k]]) for k in a}] * 3  # 4 patches, both groups twice
+    seen = []
+
+    class Recording(TrainingPolicyLearner):
+        def meta_step(self, network, segmenter_optimizer, image, label, *args, **kwargs):
+            seen.append(image.shape[0])
+            return super().meta_step(network, segmenter_optimizer, image, label, *args, **kwargs)
+
+    learner = Recording(policy, optimizer=torch.optim.Adam(policy.parameters(), lr=0.1))
+    hook = AugmentationPolicyIteration(training=learner, validation_loader=_validation(), training_loader=meta)
+    before = policy.probability_matrix()
+    _trainer(NormSeg(), hook, _training_batches(policy, 2, bins=False), epochs=2).run()  # no bins in these
+    assert seen == [4, 4, 4, 4] and learner.steps == 4  # every TRA step on a 4-patch meta batch, the loader cycled
+    assert not learner.reuses_lookahead_gradient
+    assert not torch.equal(before, policy.probability_matrix())
