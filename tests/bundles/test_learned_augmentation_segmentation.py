@@ -319,7 +319,7 @@ def test_variant_builds_what_its_name_says(variant, dataset, tmp_path):
     learner, tea_learner = hook.training, hook.test_time
     assert isinstance(learner, TrainingPolicyLearner) and learner.policy is policy
     assert learner.optimizer.defaults["lr"] == 5e-4 and learner.validation_loss == "ce_dice"
-    assert learner.interval == 1 and learner.warmup_epochs == 0 and learner.method == "forward_difference"
+    assert learner.interval == 1 and learner.warmup_epochs == 0 and learner.method == "finite_difference"
     assert learner.lr_scheduler.total_iters == 30 * 2  # poly over the TRA steps: epochs x iterations (3 cases, batch 2)
     assert hook.validation_loader is parser.get_parsed_content("meta_validation#dataloader")
     held_out = parser.get_parsed_content("meta_validation#datalist")
