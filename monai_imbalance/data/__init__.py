@@ -19,7 +19,7 @@ from .datalist import (
     load_labels,
     training_subset,
 )
-from .label_view import label_view_mapping, select_labels
+from .label_view import context_view_mapping, folded_classes, label_view_mapping, select_labels
 from .lesions import Lesion, LesionParams, add_lesions, lesion_centre_region
 from .phantoms import make_phantom_case, make_phantom_dataset
 from .shifts import RANDOM_SHIFTS, SHIFT_SEVERITIES, SHIFTS, SimulateDomainShiftd, apply_shift, shift_parameters
@@ -40,6 +40,8 @@ install_error_summary()
 
 __all__ = [
     "label_view_mapping",
+    "folded_classes",
+    "context_view_mapping",
     "select_labels",
     "RANDOM_SHIFTS",
     "SHIFTS",

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from .validation import DataValidationError
 
-__all__ = ["select_labels", "label_view_mapping"]
+__all__ = ["select_labels", "label_view_mapping", "folded_classes", "context_view_mapping"]
 
 
 def _kept_indices(labels: Mapping[int, str], classes: Sequence[str | int]) -> list[int]:
@@ -86,3 +86,43 @@ def label_view_mapping(
         return values, list(values)
     new = {index: k for k, index in enumerate(_kept_indices(labels, classes), start=1)}
     return values, [new.get(v, 0) for v in values]
+
+
+def folded_classes(labels: Mapping[int, str], classes: Sequence[str | int] | None = None) -> list[str]:
+    """The foreground classes that the view keeping ``classes`` folds into the background, by name.
+
+    E.g. the binary lesion view of a dataset with an organ and a lesion folds the organ: CoLab's human-defined context
+    (the organ mask as a context class of the background) takes exactly these classes.
+
+    Args:
+        labels: the dataset's labels, ``{index: name}`` (0 is the background).
+        classes: as in :func:`select_labels`; ``None`` (every class kept) folds nothing.
+    """
+    if classes is None:
+        return []
+    kept = set(_kept_indices(labels, classes))
+    return [labels[i] for i in sorted(int(i) for i in labels) if i != 0 and i not in kept]
+
+
+def context_view_mapping(labels: Mapping[int, str], context_classes: Sequence[str]) -> tuple[list[int], list[int]]:
+    """``(orig_labels, target_labels)`` of ``monai.transforms.MapLabelValued`` for a binary context map.
+
+    Every dataset value is listed: the values of ``context_classes`` go to 1 (the second context class), any other to 0
+    (context 0). An empty ``context_classes`` gives an all-zero map.
+
+    Args:
+        labels: the dataset's labels, ``{index: name}``.
+        context_classes: class names whose voxels form the context class.
+
+    Raises:
+        DataValidationError: a name that is not a class of the dataset.
+    """
+    names = {name: int(i) for i, name in labels.items()}
+    unknown = [c for c in context_classes if c not in names]
+    if unknown:
+        raise DataValidationError(
+            f"context_classes: {unknown} not classes of the dataset (labels {dict(sorted(labels.items()))})."
+        )
+    chosen = {names[c] for c in context_classes}
+    values = sorted(int(i) for i in labels)
+    return values, [1 if v in chosen else 0 for v in values]

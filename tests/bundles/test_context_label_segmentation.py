@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from monai.engines import SupervisedTrainer
+from monai.transforms import Compose, Orientationd, Spacingd
 
 from monai_imbalance.data import make_phantom_dataset
 from monai_imbalance.engines import ContextTargetLoss
@@ -47,7 +48,7 @@ def trained(dataset, tmp_path_factory, bundle):
 def test_variants_are_the_issue_list():
     assert set(VARIANTS) == {
         "vanilla", "kmeans_t2", "dilated_t2", "colab_t2", "colab_t4", "colab_t6", "colab_t2_fast",
-        "colab_t2_scaled_meta_lr",
+        "colab_t2_scaled_meta_lr", "organ_t2",
     }  # fmt: skip
     for name in VARIANTS:
         content = json.loads((CONFIGS / "variants" / f"{name}.json").read_text())
@@ -171,3 +172,32 @@ def test_scaled_meta_lr_variant_gives_the_generator_the_authors_step_budget(data
     assert parser.get_parsed_content("generator_learning_rate") == pytest.approx(expected)
     optimizer = parser.get_parsed_content("generator_optimizer")
     assert optimizer.param_groups[0]["lr"] == pytest.approx(expected) and expected > 3e-4
+
+
+def test_organ_variant_takes_the_context_from_the_dataset_label_before_the_view_folds_it(tmp_path, bundle):
+    """``organ_t2`` (human-defined context): on a 3-class dataset viewed as class 2 alone, the organ (class 1) that
+    the view folds into the background is the second context class, aligned with the image, and trains."""
+    data = make_phantom_dataset(tmp_path / "data", num_training=4, num_validation=1, num_classes=3, seed=5)
+    files = ["train.json", "variants/organ_t2.json"]
+    settings = {"classes": ["class_2"], "context_classes": ["class_1"], "epochs": 1}
+    wf = bundle.workflow(files, data, tmp_path / "root", **settings)
+    wf.initialize()
+    parser = wf.parser
+    entry = parser.get_parsed_content("train#datalist")[0]
+    item = Compose(parser.get_parsed_content("train#deterministic_transforms"))(dict(entry))
+    source = Compose(
+        parser.get_parsed_content("train#deterministic_transforms")[:2]
+        + [
+            Orientationd(keys="label", axcodes="RAS"),
+            Spacingd(keys="label", pixdim=parser["pixdim"], mode="nearest"),
+        ]
+    )({"image": entry["image"], "label": entry["label"]})["label"]  # the dataset label, not folded
+    assert int((source == 1).sum()) > 0 and int((source == 2).sum()) > 0  # both classes in the case
+    assert torch.equal(item["context_label"].as_tensor() > 0, source.as_tensor() == 1)  # the organ, voxel for voxel
+    assert set(torch.unique(item["label"]).tolist()) <= {0, 1} and torch.equal(
+        item["label"].as_tensor() == 1, source.as_tensor() == 2
+    )  # the view: class 2 alone
+    wf.run()
+    learner = parser.get_parsed_content("context_learner")
+    assert learner.context_key == "context_label" and learner.num_context == 2 and learner.generator is None
+    assert np.isfinite(float(wf.trainer.state.output[0]["loss"]))

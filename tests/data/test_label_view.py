@@ -51,3 +51,16 @@ def test_bad_classes_are_named(classes, message):
         select_labels(LABELS, classes)
     with pytest.raises(DataValidationError, match=message):
         label_view_mapping(LABELS, classes)
+
+
+def test_folded_classes_and_the_context_map_of_a_view():
+    """The organ that the binary lesion view folds into the background is the human-defined context class."""
+    from monai_imbalance.data import context_view_mapping, folded_classes
+
+    labels = {0: "background", 1: "organ", 2: "lesion", 3: "vessel"}
+    assert folded_classes(labels, ["lesion"]) == ["organ", "vessel"]
+    assert folded_classes(labels, ["organ", "lesion", "vessel"]) == [] and folded_classes(labels, None) == []
+    assert context_view_mapping(labels, ["organ"]) == ([0, 1, 2, 3], [0, 1, 0, 0])
+    assert context_view_mapping(labels, []) == ([0, 1, 2, 3], [0, 0, 0, 0])  # nothing folded: an empty context
+    with pytest.raises(DataValidationError, match="context_classes"):
+        context_view_mapping(labels, ["liver"])
