@@ -32,7 +32,7 @@ Example (JSON)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -378,6 +378,46 @@ class ContextTargetLoss:
         self.probabilities: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
 
+    def mixup_loss(
+        self,
+        pred: Any,
+        label: torch.Tensor,
+        lam: float,
+        rare_classes: Sequence[int] | None,
+        margin: float,
+        mix_labels: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """The loss of a mixup step of ``lam * x + (1 - lam) * x.flip(0)`` on the mixed context target.
+
+        Symmetric (``rare_classes=None``): ``lam * T(x) + (1 - lam) * T(x.flip(0))``, the context targets mixed as the
+        images are. Asymmetric: the label of each voxel by the asymmetric rule of ``mix_labels`` (the rare label wins;
+        called as ``mix_labels(y, y.flip(0), lam, C, rare_classes, margin=margin)``, e.g.
+        :func:`~monai_imbalance.engines.mixup_labels`), its background split by the mixed context probabilities
+        ``lam * q + (1 - lam) * q.flip(0)``, and the voxels the rule leaves ambiguous masked out of the loss (which
+        must accept ``mask=``, as :class:`~monai_imbalance.losses.ContextLabelLoss` does).
+
+        Args:
+            pred: the segmenter's output on the mixed batch, ``K`` channels.
+            label: ``(B, 1, *spatial)`` class indices of the unmixed batch.
+            lam: the mixing weight of the batch (``1 - lam`` of its flipped partner).
+            rare_classes: the rare classes of the asymmetric rule, or ``None``.
+            margin: the rule's margin.
+            mix_labels: the rule, ``(y_a, y_b, lam, C, rare_classes, margin=) -> (target (B, C, *sp), mask)``.
+        """
+        if self.probabilities is None:
+            raise RuntimeError("ContextTargetLoss called before the trainer set the batch's context probabilities.")
+        label = plain_tensor(label)
+        q, m = self.probabilities, self.mask
+        q_b, m_b, y_b = q.flip(0), None if m is None else m.flip(0), label.flip(0)
+        if rare_classes is None:
+            target = lam * self.learner.target(q, label, m) + (1.0 - lam) * self.learner.target(q_b, y_b, m_b)
+            return self.loss_function(pred, target)
+        target_c, keep = mix_labels(label, y_b, lam, self.learner.num_classes, rare_classes, margin=margin)
+        mixed = target_c.argmax(1, keepdim=True)  # the rule's label (ambiguous voxels: 0, masked out)
+        m_mix = None if m is None else lam * m + (1.0 - lam) * m_b
+        target = self.learner.target(lam * q + (1.0 - lam) * q_b, mixed, m_mix)
+        return self.loss_function(pred, target, mask=keep)
+
     def __call__(self, pred: Any, label: torch.Tensor) -> torch.Tensor:
         if self.probabilities is None:
             raise RuntimeError("ContextTargetLoss called before the trainer set the batch's context probabilities.")
@@ -401,8 +441,8 @@ class ContextLabelIteration:
 
     Raises:
         ValueError: (first call) a loss that is not this learner's :class:`ContextTargetLoss`, a segmenter with the
-            wrong number of output channels, a trainer with a mixup step or an adversarial step on the raw batch,
-            or ``reuse_lookahead_gradient`` with trainer settings that block it.
+            wrong number of output channels, a trainer with an adversarial or mixup step on the raw batch, or
+            ``reuse_lookahead_gradient`` with trainer settings that block it.
     """
 
     def __init__(self, learner: ContextLabelLearner | Mapping[str, Any]) -> None:
@@ -420,16 +460,12 @@ class ContextLabelIteration:
             )
         self.learner.check_segmenter(engine.network)
         extra = tuple(getattr(engine, "extra_steps", ()))
-        if "mixup" in extra:
-            raise ValueError(
-                "context labels cannot be combined with the trainer's mixup step yet (its target mixes hard labels, "
-                "not context targets)."
-            )
-        if "adversarial" in extra and getattr(engine.adversarial, "raw", False):
-            raise ValueError(
-                "context labels with the trainer's adversarial step need adversarial raw=false: the step's context "
-                "target is that of the (augmented) batch of the normal step."
-            )
+        for step in extra:
+            if getattr(getattr(engine, step, None), "raw", False):
+                raise ValueError(
+                    f"context labels with the trainer's {step} step need {step} raw=false: the step's context target "
+                    "is that of the (augmented) batch of the normal step."
+                )
         blockers = lookahead_step_blockers(engine)
         if self.learner.reuse_lookahead_gradient and blockers:
             raise ValueError(

@@ -119,7 +119,9 @@ class MixupConfig:
         raw: mix the raw (un-augmented) batch, as the reference code does.
         loss_function: loss of the mixup step; ``None``: the trainer's ``extra_loss_function``. Asymmetric mixup
             calls it as ``loss(pred, target, mask=mask)`` (target one-hot ``(B, C, *sp)``, mask ``(B, 1, *sp)``),
-            symmetric mixup as ``loss(pred, target)`` with a soft target.
+            symmetric mixup as ``loss(pred, target)`` with a soft target. A loss that composes its own target from
+            the label (it has a ``mixup_loss`` method, e.g. CoLab's ``ContextTargetLoss``) is called as
+            ``loss.mixup_loss(pred, y, lam, rare_classes, margin, mixup_labels)`` instead.
     """
 
     alpha: float = 0.2
@@ -301,6 +303,9 @@ class RegularisedSupervisedTrainer(SupervisedTrainer):
 
         def compute_loss() -> torch.Tensor:
             pred = engine.inferer(x_mix, engine.network)
+            composed = getattr(loss_fn, "mixup_loss", None)
+            if composed is not None:  # a loss that builds its own target from the label (CoLab's ContextTargetLoss)
+                return composed(pred, y, lam, cfg.rare_classes, cfg.margin, mixup_labels).mean()
             num_classes = int(highest_resolution(pred, x_mix.ndim).shape[1])
             target, mask = mixup_labels(y, y.flip(0), lam, num_classes, cfg.rare_classes, margin=cfg.margin)
             if cfg.rare_classes is None:

@@ -375,8 +375,8 @@ class ContextLabelLoss(_Loss):
         total = sum(self.scale_weights)
         return [w / total for w in self.scale_weights]
 
-    def _scale_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-sample ``lambda_ce * CE + lambda_dice * Dice`` of one scale, ``(B,)``."""
+    def _scale_loss(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Per-sample ``lambda_ce * CE + lambda_dice * Dice`` of one scale, ``(B,)``, over the voxels of ``mask``."""
         name = type(self).__name__
         check_input(logits, name)
         if logits.dtype in (torch.float16, torch.bfloat16):
@@ -385,14 +385,24 @@ class ContextLabelLoss(_Loss):
         out = logits.new_zeros(logits.shape[0])
         if self.lambda_ce > 0:
             ce = F.cross_entropy(logits, y, reduction="none")  # (B, *spatial)
-            out = out + self.lambda_ce * ce.flatten(1).mean(1)
+            if mask is None:
+                out = out + self.lambda_ce * ce.flatten(1).mean(1)
+            else:
+                m = mask[:, 0].to(ce.dtype)
+                out = out + self.lambda_ce * (ce * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
         if self.lambda_dice > 0:
-            dice = self.dice(torch.softmax(logits, dim=1), y)  # (B, K - 1, 1, ...)
+            p = torch.softmax(logits, dim=1)
+            if mask is not None:  # MONAI's MaskedDiceLoss: the Dice of the voxels of the mask
+                p, y = p * mask.to(p.dtype), y * mask.to(y.dtype)
+            dice = self.dice(p, y)  # (B, K - 1, 1, ...)
             out = out + self.lambda_dice * dice.flatten(1).mean(1)
         return out
 
     def forward(
-        self, input: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor | Sequence[torch.Tensor]
+        self,
+        input: torch.Tensor | Sequence[torch.Tensor],
+        target: torch.Tensor | Sequence[torch.Tensor],
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Compute the loss.
 
@@ -400,6 +410,8 @@ class ContextLabelLoss(_Loss):
             input: ``(B, K, *spatial)`` logits, stacked ``(B, S, K, *spatial)`` deep-supervision logits, or a list of
                 ``(B, K, *spatial_s)`` logits (highest resolution first).
             target: ``(B, K, *spatial)`` soft target (or ``(B, 1, *spatial)`` labels), or one per scale.
+            mask: optional ``(B, 1, *spatial)`` voxels that count (e.g. asymmetric mixup's agreeing voxels): the CE
+                is averaged over them and the Dice computed on them alone; full-resolution scales only.
 
         Returns:
             a scalar (``"mean"``, ``"sum"``) or the ``(B,)`` per-sample losses (``"none"``).
@@ -434,7 +446,11 @@ class ContextLabelLoss(_Loss):
                 )
             if w == 0:
                 continue
-            value = w * self._scale_loss(logits, y)
+            if mask is not None and tuple(mask.shape[2:]) != tuple(logits.shape[2:]):
+                raise ValueError(
+                    f"{name}: mask shape {tuple(mask.shape)} does not match the scale's logits {tuple(logits.shape)}."
+                )
+            value = w * self._scale_loss(logits, y, mask)
             total = value if total is None else total + value
         assert total is not None  # at least one positive weight
         if self.reduction == LossReduction.MEAN.value:

@@ -227,8 +227,8 @@ def test_trainer_step_uses_the_detached_generator_target():
 def test_trainer_rejects_channel_mismatch_and_extra_steps():
     with pytest.raises(ValueError, match="out_channels=2"):
         _trainer(_learner(), network=TinySeg(out_channels=2)).run()
-    with pytest.raises(ValueError, match="mixup step"):
-        _trainer(_learner(), mixup={"alpha": 0.2}).run()
+    with pytest.raises(ValueError, match="mixup raw=false"):
+        _trainer(_learner(), mixup={"alpha": 0.2, "raw": True}).run()
     with pytest.raises(ValueError, match="adversarial raw=false"):
         _trainer(_learner(), adversarial={"eps": 1.0, "raw": True}).run()
     wrong_generator = _learner()
@@ -259,6 +259,45 @@ def test_colab_composes_with_the_adversarial_step_on_the_context_target():
     normal, adversarial = targets[-2], targets[-1]
     torch.testing.assert_close(normal, adversarial)  # the same context target for both steps of an iteration
     assert float(normal[:, C:].sum()) > 0  # context channels beyond the foreground carry target mass
+
+
+@pytest.mark.parametrize("rare_classes", [None, [1]])
+def test_colab_composes_with_the_mixup_step_on_the_mixed_context_target(rare_classes):
+    """CoLab + mixup: symmetric, the context targets mixed as the images are; asymmetric, the rule's label with the
+    background split by the mixed context probabilities, ambiguous voxels masked out."""
+    from monai_imbalance.engines import mixup_labels
+
+    learner = _learner(meta_interval=100)  # no meta step: the generator and so q stay fixed
+    trainer = _trainer(learner, epochs=1, mixup={"alpha": 0.4, "margin": 0.2, "rare_classes": rare_classes})
+    loss = trainer.loss_function
+    calls = []
+    inner = loss.loss_function
+
+    def record(pred, target, mask=None):
+        calls.append((target.detach().clone(), None if mask is None else mask.clone(), loss.probabilities.clone()))
+        return inner(pred, target, mask=mask)
+
+    loss.loss_function = record
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(dict(e.state.output[0])))
+    trainer.run()
+    assert len(calls) == 2 * 3 and all("loss_mixup" in o and "mixup_lambda" in o for o in seen)
+    for it, out in enumerate(seen):
+        (_, _, q), (target, mask, _) = calls[2 * it], calls[2 * it + 1]  # the normal step, then the mixup step
+        lam, y = out["mixup_lambda"], trainer.data_loader[it]["label"]
+        if rare_classes is None:  # by hand: the two composed targets, mixed
+            expected = lam * compose_context_target(q, y, C) + (1 - lam) * compose_context_target(
+                q.flip(0), y.flip(0), C
+            )
+            torch.testing.assert_close(target, expected)
+            assert mask is None
+        else:
+            hard, keep = mixup_labels(y, y.flip(0), lam, C, [1], margin=0.2)
+            expected = compose_context_target(lam * q + (1 - lam) * q.flip(0), hard.argmax(1, keepdim=True), C)
+            torch.testing.assert_close(target, expected)
+            torch.testing.assert_close(mask, keep)
+            fg = hard[:, 1:2] * keep  # voxels the rule gives the rare label: the target is that class, no context
+            assert torch.equal(target[:, 1:2][fg > 0], torch.ones_like(target[:, 1:2][fg > 0]))
 
 
 def _twin_trainers(generator_lr: float, meta_interval: int = 1, **kw):

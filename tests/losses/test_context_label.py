@@ -299,3 +299,29 @@ def test_foreground_bce_bad_input():
         context_foreground_bce(logits, torch.zeros(2, 1, 4, 4, dtype=torch.long), C)
     with pytest.raises(ValueError, match="fewer than num_classes"):
         context_foreground_bce(logits[:, :2], torch.zeros(2, 1, 4, 5, dtype=torch.long), C)
+
+
+def test_mask_restricts_the_loss_to_its_voxels():
+    """``mask=``: the CE is the mean over the masked voxels and the Dice is computed on them alone (asymmetric
+    mixup's ambiguous voxels); the logits elsewhere do not matter."""
+    q, label, _ = _data(spatial=(5, 4, 3))
+    target = compose_context_target(q, label, C)
+    g = torch.Generator().manual_seed(2)
+    logits = 2 * torch.randn(2, K, 5, 4, 3, generator=g, dtype=DTYPE)
+    mask = (torch.rand(2, 1, 5, 4, 3, generator=g) > 0.4).to(DTYPE)
+    loss = ContextLabelLoss(reduction="none")
+    value = loss(logits, target, mask=mask)
+    # by hand, on the masked voxels only (each sample's voxels gathered into a flat list)
+    expected = []
+    for b in range(2):
+        keep = mask[b, 0].flatten() > 0
+        z = logits[b].flatten(1)[:, keep][None, :, :, None]
+        y = target[b].flatten(1)[:, keep][None, :, :, None]
+        expected.append(_manual_loss(z, y)[0])
+    torch.testing.assert_close(value, torch.stack(expected), rtol=1e-6, atol=1e-8)
+    changed = logits + 50.0 * (1 - mask) * torch.randn(logits.shape, generator=g, dtype=DTYPE)
+    torch.testing.assert_close(loss(changed, target, mask=mask), value, rtol=1e-6, atol=1e-8)
+    assert not torch.allclose(loss(changed, target), loss(logits, target), rtol=1e-3)  # unmasked: they matter
+    torch.testing.assert_close(loss(logits, target, mask=torch.ones_like(mask)), loss(logits, target))
+    with pytest.raises(ValueError, match="mask shape"):
+        loss(logits, target, mask=mask[..., :2])
