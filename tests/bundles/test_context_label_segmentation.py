@@ -48,7 +48,7 @@ def trained(dataset, tmp_path_factory, bundle):
 def test_variants_are_the_issue_list():
     assert set(VARIANTS) == {
         "vanilla", "kmeans_t2", "dilated_t2", "colab_t2", "colab_t4", "colab_t6", "colab_t2_fast",
-        "colab_t2_scaled_meta_lr", "organ_t2",
+        "colab_t2_scaled_meta_lr", "organ_t2", "colab_t2_batched",
     }  # fmt: skip
     for name in VARIANTS:
         content = json.loads((CONFIGS / "variants" / f"{name}.json").read_text())
