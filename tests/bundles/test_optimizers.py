@@ -54,8 +54,8 @@ def test_sgd_nnunet_exists_in_every_bundle():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_sgd_nnunet_builds_the_authors_optimizer_and_keeps_the_poly_schedule(name):
-    parser = _parser(name, "train.json", SGD)
+def test_sgd_nnunet_builds_the_authors_optimizer_and_keeps_the_poly_schedule(name, dataset):
+    parser = _parser(name, "train.json", SGD, dataset_dir=str(dataset))  # the network's classes come from the data
     optimizer = parser.get_parsed_content("optimizer")
     assert type(optimizer) is torch.optim.SGD
     group = optimizer.param_groups[0]
@@ -79,10 +79,10 @@ def test_sgd_nnunet_appends_the_clipping_to_train_handlers_and_keeps_the_others(
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_stacked_after_the_preset_and_a_variant_the_authors_learning_rate_wins(name):
+def test_stacked_after_the_preset_and_a_variant_the_authors_learning_rate_wins(name, dataset):
     variants = sorted((BUNDLES / name / "configs" / "variants").glob("*.json"))
     files = ["train.json", "presets/cpu_fast.json", *[f"variants/{v.name}" for v in variants[:1]], SGD]
-    parser = _parser(name, *files)
+    parser = _parser(name, *files, dataset_dir=str(dataset))
     assert parser.get_parsed_content("learning_rate") == 1e-2
     assert parser.get_parsed_content("optimizer").param_groups[0]["lr"] == 1e-2
     assert _last_handler(parser) == CLIPPING
