@@ -6,6 +6,10 @@
 evaluate every cell, write the table; arguments after ``--`` are passed to every ``python -m monai.bundle run``
 call, e.g. ``-- --epochs 10``.
 
+``python -m monai_imbalance.experiments estimation --seeds 0 1 2 --results results/NAME [--models DIR_{seed}] ...``: the
+estimation table (fit and shift benchmark of the performance estimators for one segmenter per seed; see
+:mod:`monai_imbalance.experiments.estimation`).
+
 ``python -m monai_imbalance.experiments render --results results/NAME --readme README.md --marker NAME
 [--check]``: write the table of a committed results folder between the README's ``<!-- results:NAME -->`` and
 ``<!-- /results:NAME -->`` (``--check``: exit 1 when the block is stale).
@@ -18,6 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from .estimation import run_estimation_table
 from .render import render_readme
 from .table import VANILLA, run_table
 
@@ -48,6 +53,27 @@ def _table(args: argparse.Namespace, overrides: list[str], command: str) -> int:
     )
     wrote = f"wrote {out / 'results.md'} and {out / 'results.csv'}"
     print(wrote + (f"; results folder {args.results}" if args.results else ""))
+    return 0
+
+
+def _estimation(args: argparse.Namespace, overrides: list[str], command: str) -> int:
+    if args.models is not None and "{seed}" not in args.models and len(args.seeds) > 1:
+        raise ValueError(f"--models {args.models!r}: several seeds need '{{seed}}' in the path (one segmenter each).")
+    out = Path(args.out) if args.out else Path(args.bundle) / "eval" / "estimation_table"
+    print(
+        run_estimation_table(
+            args.bundle,
+            args.seeds,
+            out,
+            args.results,
+            models_template=args.models,
+            preset=args.preset,
+            overrides=overrides,
+            command=command,
+            collect_only=args.collect,
+        )
+    )
+    print(f"results folder {args.results}")
     return 0
 
 
@@ -99,6 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--class_index", type=int, default=None, help="class to report (default: the rarest)")
     table.add_argument("--jobs", type=int, default=1, help="cells trained at the same time (e.g. on a large GPU)")
     table.add_argument("--collect", action="store_true", help="train nothing; tabulate the cells finished so far")
+    est = sub.add_parser("estimation", help="fit and benchmark the performance estimators for one segmenter per seed")
+    est.add_argument("--bundle", default="bundles/performance_estimation", help="the performance-estimation bundle")
+    est.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    est.add_argument(
+        "--models",
+        default=None,
+        help="checkpoint folder per seed with '{seed}', e.g. runs/signature/cells/vanilla__f1__s{seed}/models "
+        "(default: train one per seed with the bundle's train.json)",
+    )
+    est.add_argument("--preset", default=None, help="configs/presets/<NAME>.json, after train.json")
+    est.add_argument("--out", default=None, help="working folder (default: <bundle>/eval/estimation_table)")
+    est.add_argument("--results", required=True, help="results folder to commit; its seeds count as finished")
+    est.add_argument("--collect", action="store_true", help="run nothing; tabulate the seeds finished so far")
     render = sub.add_parser("render", help="write the table of a results folder into a README's marked block")
     render.add_argument("--results", required=True, help="results folder, e.g. results/table2")
     render.add_argument("--readme", required=True, help="Markdown file with the marker pair")
@@ -108,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "render" and overrides:
         parser.error("render takes no arguments after '--'")
     try:
-        return _table(args, overrides, command) if args.command == "table" else _render(args)
+        if args.command == "table":
+            return _table(args, overrides, command)
+        if args.command == "estimation":
+            return _estimation(args, overrides, command)
+        return _render(args)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
 # Copyright (c) monai-imbalance contributors
 # Licensed under the Apache License, Version 2.0 (the "License").
 """README tables generated from committed results: the block between ``<!-- results:NAME -->`` and
-``<!-- /results:NAME -->`` is :func:`~monai_imbalance.experiments.results.results_markdown` of a results folder.
+``<!-- /results:NAME -->`` is :func:`~monai_imbalance.experiments.results.results_markdown` of a results folder (of an
+estimation table: :func:`~monai_imbalance.experiments.estimation.estimation_markdown`).
 
 ``python -m monai_imbalance.experiments render --results results/NAME --readme README.md --marker NAME`` writes
 the block; with ``--check`` it writes nothing and fails when the block differs from what it would write. By
@@ -11,15 +12,17 @@ marker of the READMEs).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
 from monai_imbalance.utils import atomic_write_text
 
-from .results import results_markdown
+from .estimation import ESTIMATION_TABLE, estimation_markdown
+from .results import PROVENANCE, results_markdown
 
-__all__ = ["GENERATED", "markers", "replace_block", "render_readme"]
+__all__ = ["GENERATED", "markers", "replace_block", "table_markdown", "render_readme"]
 
 #: The first line of a generated block.
 GENERATED = (
@@ -64,6 +67,14 @@ def replace_block(text: str, marker: str, content: str, source: str = "text") ->
     return f"{head}\n{body}\n{tail}"
 
 
+def table_markdown(results_dir: str | os.PathLike) -> str:
+    """The Markdown of a results folder: an estimation table or a comparison table, by its ``provenance.json``."""
+    path = Path(results_dir) / PROVENANCE
+    if path.is_file() and json.loads(path.read_text()).get("table") == ESTIMATION_TABLE:
+        return estimation_markdown(results_dir)
+    return results_markdown(results_dir)
+
+
 def render_readme(results_dir: str | os.PathLike, readme: str | os.PathLike, marker: str, check: bool = False) -> bool:
     """Write the table of a results folder into the ``marker`` block of a README.
 
@@ -83,7 +94,7 @@ def render_readme(results_dir: str | os.PathLike, readme: str | os.PathLike, mar
     readme = Path(readme)
     text = readme.read_text()
     _check_pair(text, marker, str(readme))  # before reading the results: the cheaper mistake first
-    new = replace_block(text, marker, f"{GENERATED}\n{results_markdown(results_dir)}", str(readme))
+    new = replace_block(text, marker, f"{GENERATED}\n{table_markdown(results_dir)}", str(readme))
     if new == text:
         return False
     if not check:
