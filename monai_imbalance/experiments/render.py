@@ -2,7 +2,8 @@
 # Licensed under the Apache License, Version 2.0 (the "License").
 """README tables generated from committed results: the block between ``<!-- results:NAME -->`` and
 ``<!-- /results:NAME -->`` is :func:`~monai_imbalance.experiments.results.results_markdown` of a results folder (of an
-estimation table: :func:`~monai_imbalance.experiments.estimation.estimation_markdown`).
+estimation table: :func:`~monai_imbalance.experiments.estimation.estimation_markdown`; of a headline folder:
+:func:`~monai_imbalance.experiments.headline.headline_markdown`).
 
 ``python -m monai_imbalance.experiments render --results results/NAME --readme README.md --marker NAME`` writes
 the block; with ``--check`` it writes nothing and fails when the block differs from what it would write. By
@@ -20,6 +21,7 @@ from pathlib import Path
 from monai_imbalance.utils import atomic_write_text
 
 from .estimation import ESTIMATION_TABLE, estimation_markdown
+from .headline import HEADLINE, headline_markdown
 from .results import PROVENANCE, results_markdown
 
 __all__ = ["GENERATED", "markers", "replace_block", "table_markdown", "render_readme"]
@@ -68,7 +70,10 @@ def replace_block(text: str, marker: str, content: str, source: str = "text") ->
 
 
 def table_markdown(results_dir: str | os.PathLike) -> str:
-    """The Markdown of a results folder: an estimation table or a comparison table, by its ``provenance.json``."""
+    """The Markdown of a results folder: a headline table (``headline.json``), an estimation table or a comparison
+    table (by its ``provenance.json``)."""
+    if (Path(results_dir) / HEADLINE).is_file():
+        return headline_markdown(results_dir)
     path = Path(results_dir) / PROVENANCE
     if path.is_file() and json.loads(path.read_text()).get("table") == ESTIMATION_TABLE:
         return estimation_markdown(results_dir)
