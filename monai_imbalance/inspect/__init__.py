@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,11 +58,12 @@ def inspect_logits(
         checkpoint: ``model.pt`` (state dict) or a checkpoint with a ``"model"`` state dict.
         out: output folder of the PNGs (one per class), ``<tag>.npz`` and ``<tag>_summary.json``.
         splits: report names among ``train``/``training``, ``validation``, ``test``, ``external``; the first is the
-            reference of the shifts. Training cases follow the config's ``training_fraction`` and ``seed``.
+            reference of the shifts. Training cases follow the config's ``training_fraction`` and ``seed`` (set them
+            in ``overrides`` to those of the training run).
         overrides: config overrides (``{"dataset_dir": ..., "device": "$torch.device('cpu')", ...}``).
         samples_per_class: reservoir size per class and split.
         max_cases: use at most this many cases per split (default all).
-        seed: seed of the samplers.
+        seed: seed of the voxel samplers (not the bundle's ``seed``).
         tag: file-name stem.
         bins: histogram bins.
 
@@ -110,6 +112,7 @@ def inspect_logits(
             with torch.no_grad(), torch.autocast(device.type, enabled=amp and device.type == "cuda"):
                 logits = inferer(image, network)
             sampler.update(logits, batch["label"].to(logits.device))
-        logger.info(f"{split}: {len(datalist)} cases, voxels seen per class {sampler.seen}")
+        names = ", ".join(Path(str(d["image"])).name.split(".")[0] for d in datalist)
+        logger.info(f"{split}: {len(datalist)} cases ({names}), voxels seen per class {sampler.seen}")
         samples[split] = sampler.samples()
     return write_margin_report(samples, out, tag, class_names=class_names, bins=bins, log=logger)

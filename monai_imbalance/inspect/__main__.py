@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Per class c, histograms of the margin z_c - max_(k!=c) z_k of class-balanced voxel samples of each split "
             "(sliding-window logits of the validation preprocessing), the boundary at 0 and means marked; an .npz of "
             "the samples, a JSON summary, and the summary table on stdout. Unknown --key value pairs override the "
-            "bundle config."
+            "bundle config: --training_fraction and --seed select the training cases as in training."
         ),
     )
     logits.add_argument("--config_file", required=True, nargs="+", help="bundle train config(s), merged in order")
@@ -42,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     logits.add_argument("--out", required=True, help="output folder")
     logits.add_argument("--samples_per_class", type=int, default=50_000, help="(default: %(default)s)")
     logits.add_argument("--max_cases", type=int, default=None, help="cases per split at most (default: all)")
-    logits.add_argument("--seed", type=int, default=0, help="sampler seed (default: %(default)s)")
+    logits.add_argument(
+        "--sampler_seed",
+        type=int,
+        default=0,
+        help="seed of the voxel samplers (default: %(default)s); --seed is the "
+        "bundle's (it selects the training cases of a training fraction)",
+    )
     logits.add_argument("--bins", type=int, default=100, help="histogram bins (default: %(default)s)")
     return parser
 
@@ -101,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides=overrides,
         samples_per_class=args.samples_per_class,
         max_cases=args.max_cases,
-        seed=args.seed,
+        seed=args.sampler_seed,
         bins=args.bins,
     )
     print(f"wrote {len(summary['files'])} files to {args.out}")

@@ -72,6 +72,26 @@ def test_inspect_logits_command(trained, tmp_path, caplog):
     assert main([*argv[:4], str(root / "models" / "latest.pt"), *argv[5:], "--splits", "test"]) == 0
 
 
+def test_seed_selects_the_training_cases_of_the_run(trained, tmp_path, caplog):
+    """``--seed`` is the bundle's (the training cases of a fraction, as in training); the samplers' is
+    ``--sampler_seed``: a model trained with seed 1 is inspected on seed 1's cases."""
+    from monai_imbalance.data import load_datalist
+
+    dataset, root = trained
+    chosen = {}
+    for seed in (0, 1, 2, 3):
+        names = [Path(d["image"]).name.split(".")[0] for d in load_datalist(dataset, "training", 0.5, seed=seed)]
+        chosen[seed] = ", ".join(names)
+    seed = next(s for s in (1, 2, 3) if chosen[s] != chosen[0])
+    argv = ["logits", "--config_file", str(CONFIGS / "train.json"), "--checkpoint", str(root / "models" / "model.pt")]
+    argv += ["--splits", "train", "--out", str(tmp_path), "--samples_per_class", "500", "--sampler_seed", "3"]
+    argv += ["--dataset_dir", str(dataset), "--patch_size", "[16, 16, 16]", "--filters=[8, 16, 32]"]
+    argv += ["--validate#inferer#overlap", "0", "--training_fraction", "0.5", "--seed", str(seed)]
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 0
+    assert f"train: 2 cases ({chosen[seed]})" in caplog.text
+
+
 def test_parse_overrides():
     assert parse_overrides(["--dataset_dir", "d", "--epochs=3", "--patch_size", "[8, 8]", "--device", "$torch"]) == {
         "dataset_dir": "d",
