@@ -93,6 +93,8 @@ __all__ = ["SegmentationEstimator", "SEGMENTATION_METHODS", "CONVENTIONS"]
 SEGMENTATION_METHODS: tuple[str, ...] = ("ac", "ts", "vs", "norcal", "doc", "atc", "ts-atc")
 CONVENTIONS: tuple[str, ...] = ("paper", "moval")
 
+#: A class-specific fit that leaves the mean estimated Dice further than this from the validation Dice warns.
+UNREACHED_DICE = 0.01
 SEG_TEMPERATURE_SPEC = ScalarSpec(x0=1.0, bounds=(1e-6, None), bracket=(1e-3, 1e3), log_scale=True, restarts=(0.1, 5.0))
 #: DoC shift ``delta = 1 - p`` (MOVAL's parameter ``p``, started at 1 and restarted at 0.01 and 1.5).
 SEG_SHIFT_SPEC = ScalarSpec(x0=0.0, bounds=(None, 1.0 - 1e-6), bracket=(-1.0, 1.0), restarts=(0.99, -0.5))
@@ -346,7 +348,16 @@ class SegmentationEstimator(PerformanceEstimator):
             dice = (2 * a + s) / (a + other + n + s)
             return float(dice[rows].mean()) - target
 
-        return fit_scalar(residual, self._spec(kind), self.solver, restarts=restarts)[0]
+        x, miss = fit_scalar(residual, self._spec(kind), self.solver, restarts=restarts)
+        if miss > UNREACHED_DICE:
+            key = {"ts": "temperature", "atc": "threshold", "doc": "shift"}[kind]
+            warnings.warn(
+                f"{self._name()}: class {c}: its validation Dice {target:.3f} is out of reach of the fit (closest mean "
+                f"estimate {target + residual(x):.3f} at {key} {x:.4g}); the estimates of class {c} are biased.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return x
 
     def _fit_kind(self, kind: str, d: _FitData, params: dict[str, Any]) -> dict[str, list[float]]:
         """The parameters of one kind: ``"ts"`` (temperature), ``"atc"`` (threshold on the confidence at

@@ -240,13 +240,14 @@ def estimation_markdown(results_dir: str | os.PathLike) -> str:
     )
     machines = Counter(str(r.get("machine_name") or "unknown") for r in runs)
     hours = math.fsum(float(r.get("compute_seconds") or 0.0) for r in runs) / 3600
-    models = sorted({str(r.get("models_source")) for r in runs})
+    template = provenance.get("models")
+    models = f"`{template}`" if template else "trained by the command (the bundle's `train.json`, all training cases)"
     preset = provenance.get("preset")
-    commit_text = ", ".join(f"{k} ({n} seeds)" for k, n in commits.items()) or "-"
+    commit_text = ", ".join(f"{k} ({n} seed{'s' * (n > 1)})" for k, n in commits.items()) or "-"
     line = (
         f"Command: `{provenance.get('command')}`; preset: {f'`{preset}`' if preset else 'none'}; "
-        f"segmenters: {'; '.join(models)}; commit: {commit_text}; machine: {', '.join(machines)}; "
-        f"{n_seeds} seeds, {hours:.1f} h of fitting and benchmarking."
+        f"segmenters: {models}; commit: {commit_text}; machine: {', '.join(machines)}; "
+        f"{n_seeds} seed{'s' * (n_seeds > 1)}, {hours:.1f} h of fitting and benchmarking."
     )
     return "\n".join(lines) + f"\n\n{legend}\n\n{line}\n"
 
@@ -414,15 +415,18 @@ def run_estimation_table(
 
 
 def _write_folder(folder: Path, settings: Mapping[str, Any], command: str, stamp: Mapping[str, Any]) -> str:
+    """Rewrite provenance, summary and Markdown; the command, commit and machine are those of the latest seed's run
+    (a ``--collect`` that ran nothing does not replace them)."""
     runs = [json.loads((d / "run.json").read_text()) for d in _seed_dirs(folder).values()]
+    latest = sorted(runs, key=lambda r: str(r.get("finished", "")))[-1]  # ties: the last seed
     provenance = {
         **settings,
         "seeds": [r["seed"] for r in runs],
-        "command": command,
-        "commit": stamp.get("commit"),
-        "dirty": stamp.get("dirty"),
-        "machine": stamp.get("machine"),
-        "date": now(),
+        "command": latest.get("command", command),
+        "commit": latest.get("commit", stamp.get("commit")),
+        "dirty": latest.get("dirty", stamp.get("dirty")),
+        "machine": latest.get("machine", stamp.get("machine")),
+        "date": latest.get("finished", now()),
         "compute_seconds": round(math.fsum(float(r.get("compute_seconds") or 0.0) for r in runs), 1),
     }
     atomic_write_text(json.dumps(provenance, indent=4) + "\n", folder / PROVENANCE)

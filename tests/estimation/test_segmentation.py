@@ -223,6 +223,21 @@ def test_absent_class_warns_and_falls_back_to_global():
         create_estimator("doc", True).fit(logits, labels)
 
 
+def test_unreachable_validation_dice_warns():
+    """A confident model with a low validation Dice: temperature scaling's soft Dice cannot fall that low (its floor
+    as T grows), so the class temperature runs to the bound; the fit says so instead of failing silently."""
+    logits, labels = phantoms(4, classes=2, seed=6)
+    shifted = [torch.roll(y, shifts=8, dims=0) for y in labels]  # the labels moved away: true Dice about 0.12
+    true = float(prediction_dice(logits, shifted).mean())
+    with pytest.warns(UserWarning, match=rf"class 1: its validation Dice {true:.3f} is out of reach.*temperature"):
+        est = create_estimator("ts", True).fit(logits, shifted)
+    assert est.params["temperature"][1] > 1e3
+    assert float(est.estimate(logits)["mean"][0]) - true > 0.2  # the bias the warning announces
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a reachable target: no warning
+        create_estimator("ts", True).fit(logits, labels)
+
+
 def test_bad_inputs():
     logits, labels = phantoms(2, size=8, seed=18)
     est = SegmentationEstimator("ts", class_specific=True)

@@ -186,13 +186,17 @@ def test_resume_collect_and_render(bundle, models, fake_runs, tmp_path):
     results = tmp_path / "results" / "est"
     _run(bundle, models, results, tmp_path, seeds=[0])
     assert "(n=1)" not in (results / "results.md").read_text()  # one seed of one: complete
-    _run(bundle, models, results, tmp_path, seeds=[0, 1])
+    _run(bundle, models, results, tmp_path, seeds=[0, 1], command="second run")
     assert [c["seed"] for c in fake_runs] == [0, 0, 1, 1]  # seed 0 was finished: not run again
     estimators, _, stats = estimation_statistics(results)
     assert stats[("ts", "synthetic")]["n_seeds"] == 2
     n = len(fake_runs)
-    run_estimation_table(bundle, [0, 1, 2], tmp_path / "work", results, models_template=models, collect_only=True)
+    run_estimation_table(
+        bundle, [0, 1, 2], tmp_path / "work", results, models_template=models, collect_only=True, command="collect"
+    )
     assert len(fake_runs) == n
+    provenance = json.loads((results / "provenance.json").read_text())
+    assert provenance["command"] == "second run" and provenance["seeds"] == [0, 1]  # a collect ran nothing
     readme = tmp_path / "README.md"
     readme.write_text("x\n<!-- results:est -->\n<!-- /results:est -->\ny\n")
     assert render_readme(results, readme, "est")
