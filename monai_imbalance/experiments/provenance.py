@@ -25,7 +25,8 @@ __all__ = ["git_state", "machine_info", "machine_name", "now", "run_stamp"]
 
 def _output(cmd: list[str]) -> str:
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-    return subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, timeout=60).stdout.strip()
+    # rstrip only: `git status --porcelain` lines start with a space (" M path") that strip() would eat
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, timeout=60).stdout.rstrip()
 
 
 def git_state(path: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()) -> tuple[str | None, bool | None]:

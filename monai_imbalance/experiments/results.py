@@ -229,6 +229,8 @@ def results_markdown(results_dir: str | os.PathLike) -> str:
     line = (
         f"Command: `{provenance.get('command')}`; preset: {f'`{preset}`' if preset else 'none'}; "
         f"commit: {_counted(commits) if cells else '-'}; machine: {_counted(machines) if cells else '-'}; "
-        f"{len(cells)} cells, {hours:.1f} h of training and evaluation."
+        f"{len(cells)} cells, {hours:.1f} h of training and evaluation"
     )
+    resumed = sum(1 for c in cells if c.get("resumed"))
+    line += f" ({resumed} resumed cells count their last attempt only)." if resumed else "."
     return f"{table}\n{line}\n"

@@ -17,7 +17,8 @@ then reads the cell's ``eval/metrics_summary.csv`` and ``eval/metrics_per_case.c
 HD95 of one class (by default the rarest foreground class of the test split): the summary in ``result.json`` and
 the per-case rows in ``cases.csv``. Finished cells are skipped on a rerun (``result.json`` is written atomically
 last; a finished cell folder of the earlier seedless naming ``<variant>__f<fraction>`` is read as the seed its
-``result.json`` records); an interrupted training resumes from its ``latest.pt``. It prints ``cell k/n`` with an
+``result.json`` records); an interrupted training resumes from its ``latest.pt`` (the result then says
+``"resumed": true``: its ``train_seconds`` count the last attempt only). It prints ``cell k/n`` with an
 ETA, and writes ``results.csv`` (one row per cell), ``summary.csv`` (one row per variant, fraction and metric) and
 ``results.md`` (see :mod:`monai_imbalance.experiments.markdown`: mean ± sd over seeds, paired Wilcoxon tests
 against ``vanilla``, the best value of each column in bold).
@@ -273,6 +274,7 @@ def run_cell(
         "n": int(row["n"]),
         **{f"{m}_{s}": float(row[f"{m}_{s}"]) for m, _, _ in METRICS for s in ("mean", "std")},
         "train_seconds": round(train_seconds, 1),
+        **({"resumed": True} if resume else {}),  # train_seconds counts the last attempt only
         **({"tta_seconds": tta_seconds} if tta_seconds is not None else {}),
         "eval_seconds": round(eval_seconds, 1),
         "finished": now(),

@@ -263,3 +263,41 @@ def test_fractions_are_tabulated_in_ascending_order_across_runs():
 
     cells = [{"variant": "vanilla", "fraction": 0.5, "seed": 0}]
     assert _axes(cells, {"fractions": [0.05, 1.0, 0.1]})[1] == [0.05, 0.1, 0.5, 1.0]
+
+
+def test_interrupted_cell_resumes_and_says_so(fake_bundle, fake_runs, tmp_path):
+    """A cell with a ``latest.pt`` resumes (``--resume true``); its result says ``resumed`` (its train_seconds count
+    the last attempt only) and the table's provenance line counts such cells."""
+    out, results = tmp_path / "table", tmp_path / "results"
+    folder = cell_dir(out, "ce", 0.5, 0)
+    (folder / "models").mkdir(parents=True)
+    (folder / "models" / "latest.pt").write_bytes(b"state")
+    run_table(fake_bundle, ["vanilla", "ce"], [0.5], out, seeds=[0], results_dir=results)
+    train = {c["folder"].name: c["cmd"] for c in fake_runs if c["stage"] == "training"}
+    assert "--resume" in train["ce__f0.5__s0"] and "--resume" not in train["vanilla__f0.5__s0"]
+    cells = {c["variant"]: c for c in load_cells(results)}
+    assert cells["ce"]["resumed"] is True and "resumed" not in cells["vanilla"]
+    assert "(1 resumed cells count their last attempt only)." in results_markdown(results)
+
+
+def test_git_state_excludes_the_results_folder(tmp_path):
+    """A modified file in the excluded folder is not dirty, whichever line of ``git status`` it is on (the first
+    line starts with a space for an unstaged change); one outside is."""
+    import subprocess
+
+    from monai_imbalance.experiments.provenance import git_state
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results" / "t").mkdir(parents=True)
+    (tmp_path / "results" / "t" / "a.json").write_text("1")
+    (tmp_path / "z.py").write_text("1")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    (tmp_path / "results" / "t" / "a.json").write_text("2")
+    commit, dirty = git_state(tmp_path, [tmp_path / "results" / "t"])
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / "z.py").write_text("2")
+    assert git_state(tmp_path, [tmp_path / "results" / "t"])[1] is True
