@@ -40,6 +40,15 @@ HEADLINE = "headline.json"
 _NAMES = {key: header for key, header, _ in METRICS}
 
 
+def _value(name: str, mean: float, sd: float | None) -> str:
+    return f"{name} {100 * mean:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
+
+
+def _versus(mean: float, other: float, p_value: float, other_name: str) -> str:
+    mark = significance_mark(p_value).replace("*", "\\*")
+    return f" ({'above' if mean > other else 'below'} {other_name}{', ' + mark if mark else ', n.s.'})"
+
+
 def _seed_text(n: int, total: int) -> str:
     return f"{n} seed{'s' * (n != 1)}" + (f" of {total}" if n < total else "")
 
@@ -58,12 +67,10 @@ def _comparison(root: Path, row: Mapping[str, Any]) -> str:
     parts = []
     for key in row.get("metrics", ["dice", "sensitivity", "precision"]):
         s = stats[(variant, fraction, key)]
-        text = f"{_NAMES[key]} {100 * s.mean:.1f}" + ("" if s.sd is None else f" ± {100 * s.sd:.1f}")
+        text = _value(_NAMES[key], s.mean, s.sd)
         ref = stats.get((VANILLA, fraction, key))
         if variant != VANILLA and ref is not None and s.p_value is not None:
-            direction = "above" if s.mean > ref.mean else "below"
-            mark = significance_mark(s.p_value).replace("*", "\\*")
-            text += f" ({direction} vanilla{', ' + mark if mark else ', n.s.'})"
+            text += _versus(s.mean, ref.mean, s.p_value, VANILLA)
         parts.append(text)
     n = stats[(variant, fraction, "dice")].n_seeds
     return ", ".join(parts) + f"; {_seed_text(n, max(total, n))}"
@@ -84,12 +91,9 @@ def _estimation(root: Path, row: Mapping[str, Any]) -> str:
         s = stats[(est, key)]
         if math.isnan(s["mean"]):
             continue
-        text = f"{headers[key]} {100 * s['mean']:.1f}" + ("" if s["sd"] is None else f" ± {100 * s['sd']:.1f}")
+        text = _value(headers[key], s["mean"], s["sd"])
         if s["twin"] is not None and s["p_value"] is not None:
-            twin = stats[(s["twin"], key)]["mean"]
-            direction = "below" if s["mean"] < twin else "above"
-            mark = significance_mark(s["p_value"]).replace("*", "\\*")
-            text += f" ({direction} {s['twin']}{', ' + mark if mark else ', n.s.'})"
+            text += _versus(s["mean"], stats[(s["twin"], key)]["mean"], s["p_value"], s["twin"])
         parts.append(text)
     n = stats[(est, columns[0][0])]["n_seeds"]
     return f"MAE {', '.join(parts)}; {_seed_text(n, n)}"
