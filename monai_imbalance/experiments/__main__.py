@@ -10,6 +10,9 @@ call, e.g. ``-- --epochs 10``.
 estimation table (fit and shift benchmark of the performance estimators for one segmenter per seed; see
 :mod:`monai_imbalance.experiments.estimation`).
 
+``python -m monai_imbalance.experiments merge --from DIR --into DIR``: add the cells of a results folder filled
+elsewhere (another worktree, machine or GPU session) to another, with the runs that made them.
+
 ``python -m monai_imbalance.experiments render --results results/NAME --readme README.md --marker NAME
 [--check]``: write the table of a committed results folder between the README's ``<!-- results:NAME -->`` and
 ``<!-- /results:NAME -->`` (``--check``: exit 1 when the block is stale).
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from .estimation import run_estimation_table
 from .render import render_readme
+from .results import merge_results_dirs
 from .table import VANILLA, run_table
 
 
@@ -74,6 +78,12 @@ def _estimation(args: argparse.Namespace, overrides: list[str], command: str) ->
         )
     )
     print(f"results folder {args.results}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    added = merge_results_dirs(args.source, args.into)
+    print(f"{args.into}: {len(added)} cells added from {args.source}" + (f" ({', '.join(added)})" if added else ""))
     return 0
 
 
@@ -138,19 +148,24 @@ def main(argv: list[str] | None = None) -> int:
     est.add_argument("--out", default=None, help="working folder (default: <bundle>/eval/estimation_table)")
     est.add_argument("--results", required=True, help="results folder to commit; its seeds count as finished")
     est.add_argument("--collect", action="store_true", help="run nothing; tabulate the seeds finished so far")
+    merge = sub.add_parser("merge", help="add the cells (and their runs) of one results folder to another")
+    merge.add_argument("--from", dest="source", required=True, help="results folder with new cells")
+    merge.add_argument("--into", required=True, help="results folder to complete (e.g. the committed one)")
     render = sub.add_parser("render", help="write the table of a results folder into a README's marked block")
     render.add_argument("--results", required=True, help="results folder, e.g. results/table2")
     render.add_argument("--readme", required=True, help="Markdown file with the marker pair")
     render.add_argument("--marker", required=True, help="NAME of <!-- results:NAME --> ... <!-- /results:NAME -->")
     render.add_argument("--check", action="store_true", help="write nothing; exit 1 when the block is stale")
     args = parser.parse_args(argv)
-    if args.command == "render" and overrides:
-        parser.error("render takes no arguments after '--'")
+    if args.command in ("render", "merge") and overrides:
+        parser.error(f"{args.command} takes no arguments after '--'")
     try:
         if args.command == "table":
             return _table(args, overrides, command)
         if args.command == "estimation":
             return _estimation(args, overrides, command)
+        if args.command == "merge":
+            return _merge(args)
         return _render(args)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

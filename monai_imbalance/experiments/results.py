@@ -48,6 +48,7 @@ __all__ = [
     "committed_cell",
     "check_settings",
     "write_results_dir",
+    "merge_results_dirs",
     "results_markdown",
 ]
 
@@ -171,6 +172,12 @@ def write_results_dir(
         "compute_seconds": round(math.fsum(_seconds(c) for c in cells), 1),
         "runs": runs,
     }
+    return _write_tables(folder, provenance)
+
+
+def _write_tables(folder: Path, provenance: Mapping[str, Any]) -> str:
+    """Write ``provenance.json``, ``results.csv``, ``summary.csv`` and ``results.md`` of the folder's cells."""
+    cells = load_cells(folder)
     atomic_write_text(json.dumps(provenance, indent=4) + "\n", folder / PROVENANCE)
     atomic_write_text(csv_text([{k: v for k, v in c.items() if k != "cases"} for c in cells]), folder / "results.csv")
     variants, fractions, _ = _axes(cells, provenance)
@@ -178,6 +185,58 @@ def write_results_dir(
     markdown = results_markdown(folder)
     atomic_write_text(markdown, folder / "results.md")
     return markdown
+
+
+def merge_results_dirs(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:
+    """Add the cells of ``source`` that ``target`` lacks (the same table run elsewhere: another worktree, machine or
+    GPU session) and the runs that made them, then rewrite the target's tables. Cells present in both stay as the
+    target has them (a cell file is never rewritten).
+
+    Args:
+        source: a results folder of the same bundle, preset, optimizer, split and class.
+        target: the results folder to complete (e.g. the committed one).
+
+    Returns:
+        The names of the cells added.
+
+    Raises:
+        FileNotFoundError: either folder lacks ``provenance.json``.
+        ValueError: the folders' settings differ (:func:`check_settings`).
+    """
+    source, target = Path(source), Path(target)
+    for folder in (source, target):
+        if not (folder / PROVENANCE).is_file():
+            raise FileNotFoundError(f"'{folder}' is not a results folder: '{folder / PROVENANCE}' not found.")
+    theirs, ours = _provenance(source), _provenance(target)
+    check_settings(target, theirs)
+    added = []
+    for path in sorted((source / CELLS).glob("*.json")):
+        if not (target / CELLS / path.name).is_file():
+            atomic_write_text(path.read_text(), target / CELLS / path.name)
+            added.append(path.stem)
+    runs = list(ours.get("runs", []))
+    index = {(r.get("started"), r.get("command")): i for i, r in enumerate(runs)}
+    for run in theirs.get("runs", []):
+        key = (run.get("started"), run.get("command"))
+        if key not in index:
+            runs.append(run)
+        elif len(run.get("cells", [])) > len(runs[index[key]].get("cells", [])):
+            runs[index[key]] = run  # the same run, further along
+    cells = load_cells(target)
+    latest = max(runs, key=lambda r: str(r.get("finished", ""))) if runs else ours
+    provenance = {
+        **ours,
+        "variants": _union(ours.get("variants", []), theirs.get("variants", [])),
+        "fractions": sorted(set(ours.get("fractions", [])) | set(theirs.get("fractions", []))),
+        "seeds": sorted(set(ours.get("seeds", [])) | set(theirs.get("seeds", []))),
+        **{k: latest.get(k, ours.get(k)) for k in ("command", "commit", "dirty", "machine")},
+        "date": latest.get("finished", ours.get("date")),
+        "cells": len(cells),
+        "compute_seconds": round(math.fsum(_seconds(c) for c in cells), 1),
+        "runs": runs,
+    }
+    _write_tables(target, provenance)
+    return added
 
 
 def _seconds(cell: Mapping[str, Any]) -> float:

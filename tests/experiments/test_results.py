@@ -301,3 +301,28 @@ def test_git_state_excludes_the_results_folder(tmp_path):
     assert len(commit) == 40 and dirty is False
     (tmp_path / "z.py").write_text("2")
     assert git_state(tmp_path, [tmp_path / "results" / "t"])[1] is True
+
+
+def test_merge_two_folders_of_one_table(fake_bundle, fake_runs, tmp_path, capsys):
+    """Seeds run in two places (two worktrees) into two results folders: merged, the target holds every cell once,
+    both runs, and the same tables as one folder that ran all the cells."""
+    a, b, whole = tmp_path / "a", tmp_path / "b", tmp_path / "whole"
+    run_table(fake_bundle, ["vanilla", "ce"], [0.5], tmp_path / "ra", seeds=[0, 1], results_dir=a, command="run a")
+    run_table(fake_bundle, ["vanilla", "ce"], [0.5], tmp_path / "rb", seeds=[1, 2], results_dir=b, command="run b")
+    run_table(fake_bundle, ["vanilla", "ce"], [0.5], tmp_path / "rw", seeds=[0, 1, 2], results_dir=whole)
+    seed1 = (a / "cells" / "ce__f0.5__s1.json").read_text()
+    assert main(["merge", "--from", str(b), "--into", str(a)]) == 0
+    assert "2 cells added" in capsys.readouterr().out  # vanilla and ce of seed 2; seed 1 was there
+    assert sorted(p.name for p in (a / "cells").iterdir()) == sorted(p.name for p in (whole / "cells").iterdir())
+    assert (a / "cells" / "ce__f0.5__s1.json").read_text() == seed1  # never rewritten
+    provenance = json.loads((a / "provenance.json").read_text())
+    assert [r["command"] for r in provenance["runs"]] == ["run a", "run b"] and provenance["seeds"] == [0, 1, 2]
+    assert provenance["cells"] == 6
+    table = (a / "results.md").read_text().split("\n\n")[0]
+    assert table == (whole / "results.md").read_text().split("\n\n")[0]
+    assert (a / "summary.csv").read_text() == (whole / "summary.csv").read_text()
+    assert main(["merge", "--from", str(b), "--into", str(a)]) == 0 and "0 cells added" in capsys.readouterr().out
+    other = tmp_path / "other"
+    run_table(fake_bundle, ["vanilla"], [0.5], tmp_path / "ro", seeds=[0], results_dir=other, preset="fast")
+    assert main(["merge", "--from", str(other), "--into", str(a)]) == 1
+    assert "preset" in capsys.readouterr().err
