@@ -93,6 +93,8 @@ __all__ = ["SegmentationEstimator", "SEGMENTATION_METHODS", "CONVENTIONS"]
 SEGMENTATION_METHODS: tuple[str, ...] = ("ac", "ts", "vs", "norcal", "doc", "atc", "ts-atc")
 CONVENTIONS: tuple[str, ...] = ("paper", "moval")
 
+#: The fitted parameter of each kind of class-specific fit.
+PARAMETER_NAMES = {"ts": "temperature", "atc": "threshold", "doc": "shift"}
 #: A class-specific fit that leaves the mean estimated Dice further than this from the validation Dice warns.
 UNREACHED_DICE = 0.01
 SEG_TEMPERATURE_SPEC = ScalarSpec(x0=1.0, bounds=(1e-6, None), bracket=(1e-3, 1e3), log_scale=True, restarts=(0.1, 5.0))
@@ -350,7 +352,7 @@ class SegmentationEstimator(PerformanceEstimator):
 
         x, miss = fit_scalar(residual, self._spec(kind), self.solver, restarts=restarts)
         if miss > UNREACHED_DICE:
-            key = {"ts": "temperature", "atc": "threshold", "doc": "shift"}[kind]
+            key = PARAMETER_NAMES[kind]
             warnings.warn(
                 f"{self._name()}: class {c}: its validation Dice {target:.3f} is out of reach of the fit (closest mean "
                 f"estimate {target + residual(x):.3f} at {key} {x:.4g}); the estimates of class {c} are biased.",
@@ -363,7 +365,7 @@ class SegmentationEstimator(PerformanceEstimator):
         """The parameters of one kind: ``"ts"`` (temperature), ``"atc"`` (threshold on the confidence at
         ``params["temperature"]``, 1 for ATC) or ``"doc"`` (confidence shift); global, or per class."""
         c = d.num_classes
-        key = {"ts": "temperature", "atc": "threshold", "doc": "shift"}[kind]
+        key = PARAMETER_NAMES[kind]
         temps = params.get("temperature") if kind == "atc" else None
         leak_temps = params.get("leak_temperature", temps) if kind == "atc" else None
         glob = self._fit_voxels(kind, d, slice(None), d.acc_all, temps)  # all voxels (a view, no copy)
