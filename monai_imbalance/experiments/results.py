@@ -150,7 +150,6 @@ def write_results_dir(
         if not path.is_file():
             atomic_write_text(_cell_json(r), path)
             added.append(path.stem)
-    cells = load_cells(folder)
     old = _provenance(folder)
     runs = list(old.get("runs", []))
     date = now()
@@ -168,16 +167,17 @@ def write_results_dir(
         "overrides": list(settings.get("overrides", ())),
         **{k: latest.get(k) for k in ("command", "commit", "dirty", "machine")},
         "date": latest.get("finished", date),
-        "cells": len(cells),
-        "compute_seconds": round(math.fsum(_seconds(c) for c in cells), 1),
         "runs": runs,
     }
     return _write_tables(folder, provenance)
 
 
 def _write_tables(folder: Path, provenance: Mapping[str, Any]) -> str:
-    """Write ``provenance.json``, ``results.csv``, ``summary.csv`` and ``results.md`` of the folder's cells."""
+    """Write ``provenance.json`` (with the derived ``cells`` and ``compute_seconds``, before ``runs``),
+    ``results.csv``, ``summary.csv`` and ``results.md`` of the folder's cells."""
     cells = load_cells(folder)
+    derived = {"cells": len(cells), "compute_seconds": round(math.fsum(_seconds(c) for c in cells), 1)}
+    provenance = {**{k: v for k, v in provenance.items() if k != "runs"}, **derived, "runs": provenance.get("runs", [])}
     atomic_write_text(json.dumps(provenance, indent=4) + "\n", folder / PROVENANCE)
     atomic_write_text(csv_text([{k: v for k, v in c.items() if k != "cases"} for c in cells]), folder / "results.csv")
     variants, fractions, _ = _axes(cells, provenance)
@@ -222,7 +222,6 @@ def merge_results_dirs(source: str | os.PathLike, target: str | os.PathLike) -> 
             runs.append(run)
         elif len(run.get("cells", [])) > len(runs[index[key]].get("cells", [])):
             runs[index[key]] = run  # the same run, further along
-    cells = load_cells(target)
     latest = max(runs, key=lambda r: str(r.get("finished", ""))) if runs else ours
     provenance = {
         **ours,
@@ -231,8 +230,6 @@ def merge_results_dirs(source: str | os.PathLike, target: str | os.PathLike) -> 
         "seeds": sorted(set(ours.get("seeds", [])) | set(theirs.get("seeds", []))),
         **{k: latest.get(k, ours.get(k)) for k in ("command", "commit", "dirty", "machine")},
         "date": latest.get("finished", ours.get("date")),
-        "cells": len(cells),
-        "compute_seconds": round(math.fsum(_seconds(c) for c in cells), 1),
         "runs": runs,
     }
     _write_tables(target, provenance)
