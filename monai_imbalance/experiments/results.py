@@ -13,6 +13,8 @@ A results folder (``table --results DIR``, e.g. ``results/table2_brain_lesion``)
   against ``vanilla`` and its number of pairs;
 - ``results.md``: the table with its legend and a provenance line (command, preset, commit, machine, compute);
   this is what ``python -m monai_imbalance.experiments render`` writes into a README;
+- ``policies/<cell>.json``: for a cell whose training learned augmentation policies, their final probabilities
+  (:mod:`monai_imbalance.experiments.policies`), summarised under the table in ``results.md``;
 - ``provenance.json``: the bundle, preset, split, class, variants, fractions, seeds and overrides; the command
   line, commit, dirty flag, machine (platform, CPU model, cores, torch version, GPU names) and date of the latest
   run that added cells; the number of cells and their total compute seconds; and ``runs``, one entry per run that
@@ -38,6 +40,7 @@ from typing import Any
 from monai_imbalance.utils import atomic_write_text
 
 from .markdown import format_table
+from .policies import POLICIES, policies_markdown
 from .provenance import now
 from .statistics import summary_rows
 
@@ -214,6 +217,9 @@ def merge_results_dirs(source: str | os.PathLike, target: str | os.PathLike) -> 
         if not (target / CELLS / path.name).is_file():
             atomic_write_text(path.read_text(), target / CELLS / path.name)
             added.append(path.stem)
+    for path in sorted((source / POLICIES).glob("*.json")):
+        if not (target / POLICIES / path.name).is_file():
+            atomic_write_text(path.read_text(), target / POLICIES / path.name)
     runs = list(ours.get("runs", []))
     index = {(r.get("started"), r.get("command")): i for i, r in enumerate(runs)}
     for run in theirs.get("runs", []):
@@ -289,4 +295,5 @@ def results_markdown(results_dir: str | os.PathLike) -> str:
     )
     resumed = sum(1 for c in cells if c.get("resumed"))
     line += f" ({resumed} resumed cells count their last attempt only)." if resumed else "."
-    return f"{table}\n{line}\n"
+    policies = policies_markdown(folder)
+    return f"{table}\n{line}\n" + (f"\n{policies}" if policies else "")

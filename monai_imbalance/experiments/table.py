@@ -24,7 +24,8 @@ ETA, and writes ``results.csv`` (one row per cell), ``summary.csv`` (one row per
 against ``vanilla``, the best value of each column in bold).
 
 With ``results_dir`` the finished cells (metrics only, never checkpoints) also go to a results folder meant to be
-committed (see :mod:`monai_imbalance.experiments.results`), after each cell; a cell found there counts as
+committed (see :mod:`monai_imbalance.experiments.results`), after each cell, with the final learned augmentation
+policies of the cells that have them (:mod:`monai_imbalance.experiments.policies`); a cell found there counts as
 finished, so a table resumes from the committed folder on another machine.
 
 Each cell is a separate process, so memory is returned between cells and a crash loses one cell only (the others
@@ -51,6 +52,7 @@ from typing import Any
 from monai_imbalance.utils import atomic_write_text
 
 from .markdown import format_table
+from .policies import save_cell_policies
 from .provenance import git_state, now, run_stamp
 from .results import cell_name, check_settings, committed_cell, csv_text, write_results_dir
 from .statistics import METRICS, VANILLA, summary_rows
@@ -393,7 +395,13 @@ def run_table(
     def commit_results() -> None:
         if results_dir is not None:
             with lock:
-                write_results_dir(results_dir, finished(), settings, run)
+                done = finished()
+                for r in done:  # before the tables: results.md lists the policies
+                    folder = _finished_dir(out, r["variant"], r["fraction"], r["seed"])
+                    if folder is not None:
+                        name = cell_name(r["variant"], r["fraction"], r["seed"])
+                        save_cell_policies(results_dir, name, folder / "models")
+                write_results_dir(results_dir, done, settings, run)
 
     done = {(r["variant"], float(r["fraction"]), int(r["seed"])) for r in finished()}
     todo = [c for c in cells if c not in done]
