@@ -121,9 +121,11 @@ def save_cell_policies(results_dir: str | os.PathLike, name: str, models: str | 
     return path
 
 
-def _mean_sd(values: Sequence[float]) -> str:
-    text = f"{100 * statistics.fmean(values):.1f}"
-    return text + (f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else "")
+def _mean_sd(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± sd`` of ``scale * values`` (the sd when there are two values or more); no negative zero."""
+    mean = round(scale * statistics.fmean(values), digits) + 0.0
+    text = f"{mean:.{digits}f}"
+    return text + (f" ± {scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
 
 
 def _cells(folder: Path) -> dict[tuple[str, float], list[dict[str, Any]]]:
@@ -155,6 +157,7 @@ def _training_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     for op in [*ops, None]:  # None: the expected number of operations applied per patch
         row = [f"`{op}`" if op else "expected operations per patch"]
         per_group = {}
+        scale, digits = (100.0, 1) if op else (1.0, 2)  # probabilities in %, the expected count as it is
         for g in groups:
             if op is None:
                 end = [math.fsum(p["applied"][g].values()) for p in policies if g in p["applied"]]
@@ -163,10 +166,13 @@ def _training_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
                 end = column("applied", g, op)
                 start = column("first_epoch", g, op) if with_start else []
             per_group[g] = end
-            row.append((f"{_mean_sd(start)} → " if start else "") + _mean_sd(end) if end else "-")
+            row.append(
+                (f"{_mean_sd(start, scale, digits)} → " if start else "") + _mean_sd(end, scale, digits) if end else "-"
+            )
         if len(groups) == 2:
             a, b = per_group[groups[0]], per_group[groups[1]]
-            row.append(_mean_sd([y - x for x, y in zip(a, b, strict=False)]) if a and len(a) == len(b) else "-")
+            diff = [y - x for x, y in zip(a, b, strict=False)]
+            row.append(_mean_sd(diff, scale, digits) if a and len(a) == len(b) else "-")
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -186,7 +192,8 @@ def policies_markdown(results_dir: str | os.PathLike) -> str:
 
     Per (variant, fraction): the probability (%) that each operation is applied, per class group, mean ± sd over the
     seeds (with the value after the first epoch when the history was kept), the foreground-minus-background
-    difference, the expected number of operations per patch, and the most probable test-time transforms.
+    difference, the expected number of operations per patch (a count, the sum of those probabilities), and the most
+    probable test-time transforms.
     """
     folder = Path(results_dir)
     groups = _cells(folder)
@@ -194,7 +201,7 @@ def policies_markdown(results_dir: str | os.PathLike) -> str:
         return ""
     out = [
         "Final learned policies (`policies/`): probability (%) that each operation is applied, `1 - P(identity)`, "
-        "per class group, mean ± sd over seeds."
+        "per class group, mean ± sd over seeds; the last row is their sum, the expected number of operations per patch."
     ]
     for (variant, fraction), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         out += ["", f"**{variant} @ {fraction:g}** ({len(runs)} seed{'s' if len(runs) > 1 else ''})"]

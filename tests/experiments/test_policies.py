@@ -99,13 +99,19 @@ def test_policies_markdown_mean_sd_difference_and_ranking(tmp_path: Path) -> Non
     _write(
         pol,
         "joint__f0.5__s0",
-        {"background": {"scale": 0.1, "gamma": 0.2}, "foreground": {"scale": 0.3, "gamma": 0.2}},
+        {
+            "background": {"scale": 0.1, "gamma": 0.2, "noise": 0.1004},
+            "foreground": {"scale": 0.3, "gamma": 0.2, "noise": 0.1},
+        },
         tt,
     )
     _write(
         pol,
         "joint__f0.5__s1",
-        {"background": {"scale": 0.3, "gamma": 0.2}, "foreground": {"scale": 0.7, "gamma": 0.4}},
+        {
+            "background": {"scale": 0.3, "gamma": 0.2, "noise": 0.1004},
+            "foreground": {"scale": 0.7, "gamma": 0.4, "noise": 0.1},
+        },
         tt,
     )
     text = policies_markdown(folder)
@@ -113,8 +119,9 @@ def test_policies_markdown_mean_sd_difference_and_ranking(tmp_path: Path) -> Non
     # scale: background 20 ± 14.1, foreground 50 ± 28.3, difference (20, 40) -> 30 ± 14.1
     assert "| `scale` | 20.0 ± 14.1 | 50.0 ± 28.3 | 30.0 ± 14.1 |" in text
     assert "| `gamma` | 20.0 ± 0.0 | 30.0 ± 14.1 | 10.0 ± 14.1 |" in text
-    # expected operations per patch: background (0.3, 0.5), foreground (0.5, 1.1)
-    assert "| expected operations per patch | 40.0 ± 14.1 | 80.0 ± 42.4 | 40.0 ± 28.3 |" in text
+    # expected operations per patch: background (0.4004, 0.6004), foreground (0.6, 1.2)
+    assert "| `noise` | 10.0 ± 0.0 | 10.0 ± 0.0 | 0.0 ± 0.0 |" in text  # -0.04 points: no negative zero
+    assert "| expected operations per patch | 0.50 ± 0.14 | 0.90 ± 0.42 | 0.40 ± 0.28 |" in text
     assert "uniform 33.3): `identity` 50.0, `flip_x` 30.0, `flip_y` 20.0." in text
 
 
