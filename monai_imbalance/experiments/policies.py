@@ -85,6 +85,14 @@ def cell_policies(models: str | os.PathLike) -> dict[str, Any] | None:
         desc = _read_json(paths["training"])
         if desc.get("type") != "AugmentationPolicy":
             raise ValueError(f"'{paths['training']}' describes a {desc.get('type')!r}, not an AugmentationPolicy.")
+        missing = [
+            f"{g}/{op}"
+            for g, ops in desc.get("probabilities", {}).items()
+            for op, b in ops.items()
+            if "identity" not in b
+        ]
+        if missing or not desc.get("probabilities"):
+            raise ValueError(f"'{paths['training']}': no 'identity' probability for {missing or 'any operation'}.")
         applied = {
             g: {op: round(1.0 - float(bins["identity"]), 6) for op, bins in ops.items()}
             for g, ops in desc["probabilities"].items()

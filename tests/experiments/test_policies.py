@@ -67,6 +67,10 @@ def test_cell_policies_without_history_or_files(tmp_path: Path) -> None:
     (tmp_path / "models" / "policy.json").write_text(json.dumps({"type": "TestTimePolicy"}))
     with pytest.raises(ValueError, match=r"policy\.json' describes a 'TestTimePolicy'"):
         cell_policies(tmp_path / "models")
+    bad = {"type": "AugmentationPolicy", "probabilities": {"background": {"scale": {"0.05": 1.0}}}}
+    (tmp_path / "models" / "policy.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"policy\.json': no 'identity' probability for \['background/scale'\]"):
+        cell_policies(tmp_path / "models")
     (tmp_path / "models" / "policy.json").write_text("{")
     with pytest.raises(ValueError, match=r"policy\.json' is not valid JSON"):
         cell_policies(tmp_path / "models")
