@@ -212,14 +212,8 @@ def merge_results_dirs(source: str | os.PathLike, target: str | os.PathLike) -> 
             raise FileNotFoundError(f"'{folder}' is not a results folder: '{folder / PROVENANCE}' not found.")
     theirs, ours = _provenance(source), _provenance(target)
     check_settings(target, theirs)
-    added = []
-    for path in sorted((source / CELLS).glob("*.json")):
-        if not (target / CELLS / path.name).is_file():
-            atomic_write_text(path.read_text(), target / CELLS / path.name)
-            added.append(path.stem)
-    for path in sorted((source / POLICIES).glob("*.json")):
-        if not (target / POLICIES / path.name).is_file():
-            atomic_write_text(path.read_text(), target / POLICIES / path.name)
+    added = _copy_missing(source / CELLS, target / CELLS)
+    _copy_missing(source / POLICIES, target / POLICIES)
     runs = list(ours.get("runs", []))
     index = {(r.get("started"), r.get("command")): i for i, r in enumerate(runs)}
     for run in theirs.get("runs", []):
@@ -240,6 +234,16 @@ def merge_results_dirs(source: str | os.PathLike, target: str | os.PathLike) -> 
     }
     _write_tables(target, provenance)
     return added
+
+
+def _copy_missing(source: Path, target: Path) -> list[str]:
+    """Copy the ``*.json`` files of ``source`` that ``target`` lacks (never rewriting one); return their stems."""
+    copied = []
+    for path in sorted(source.glob("*.json")):
+        if not (target / path.name).is_file():
+            atomic_write_text(path.read_text(), target / path.name)
+            copied.append(path.stem)
+    return copied
 
 
 def _seconds(cell: Mapping[str, Any]) -> float:
