@@ -100,24 +100,12 @@ def test_policies_markdown_mean_sd_difference_and_ranking(tmp_path: Path) -> Non
     assert policies_markdown(folder) == ""
     pol = folder / "policies"
     tt = {"identity": 0.5, "flip_x": 0.3, "flip_y": 0.2}
-    _write(
-        pol,
-        "joint__f0.5__s0",
-        {
-            "background": {"scale": 0.1, "gamma": 0.2, "noise": 0.1004},
-            "foreground": {"scale": 0.3, "gamma": 0.2, "noise": 0.1},
-        },
-        tt,
-    )
-    _write(
-        pol,
-        "joint__f0.5__s1",
-        {
-            "background": {"scale": 0.3, "gamma": 0.2, "noise": 0.1004},
-            "foreground": {"scale": 0.7, "gamma": 0.4, "noise": 0.1},
-        },
-        tt,
-    )
+    for seed, (bg_scale, fg_scale, fg_gamma) in enumerate([(0.1, 0.3, 0.2), (0.3, 0.7, 0.4)]):
+        applied = {
+            "background": {"scale": bg_scale, "gamma": 0.2, "noise": 0.1004},
+            "foreground": {"scale": fg_scale, "gamma": fg_gamma, "noise": 0.1},
+        }
+        _write(pol, f"joint__f0.5__s{seed}", applied, tt)
     text = policies_markdown(folder)
     assert "**joint @ 0.5** (2 seeds)" in text
     # scale: background 20 ± 14.1, foreground 50 ± 28.3, difference (20, 40) -> 30 ± 14.1
