@@ -86,7 +86,11 @@ def trained(dataset, tmp_path_factory, harness):
 
 
 def test_variants_are_the_issue_list():
-    assert set(VARIANTS) == ISSUE_VARIANTS | {"vanilla", "learned_class_specific_scaled_meta_lr"}
+    assert set(VARIANTS) == ISSUE_VARIANTS | {
+        "vanilla",
+        "learned_class_specific_scaled_meta_lr",
+        "heuristic_mirroring_tta",
+    }
     for name in VARIANTS:
         content = json.loads((CONFIGS / "variants" / f"{name}.json").read_text())
         assert "train" not in content and "validate" not in content, name  # deltas only, never whole sections
@@ -248,6 +252,18 @@ def test_evaluate_with_learned_tta_and_no_policy_file_fails(dataset, harness, tm
 
 
 @pytest.mark.parametrize(
+    "control, twin",
+    [("heuristic_mirroring_tta", "heuristic"), ("learned_class_specific_heuristic_tta", "learned_class_specific")],
+)
+def test_tta_controls_train_exactly_as_their_twin(control, twin):
+    """The mirroring-TTA controls change the evaluation only: the same override file as their twin but for ``tta``."""
+    ours, theirs = (json.loads((CONFIGS / "variants" / f"{v}.json").read_text()) for v in (control, twin))
+    assert (ours.pop("tta"), theirs.pop("tta")) == ("mirroring", "none")
+    ours.pop("_desc_"), theirs.pop("_desc_")
+    assert ours == theirs
+
+
+@pytest.mark.parametrize(
     "variant, expected",
     [
         ("none", None),
@@ -256,6 +272,7 @@ def test_evaluate_with_learned_tta_and_no_policy_file_fails(dataset, harness, tm
         ("learned", None),
         ("learned_class_specific", None),
         ("learned_class_specific_heuristic_tta", NNUNET_MIRRORING),
+        ("heuristic_mirroring_tta", NNUNET_MIRRORING),
         ("learned_class_specific_learned_tta", "learned"),
         ("joint", "learned"),
     ],
