@@ -263,7 +263,11 @@ def _axes(cells: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) -> 
 def _counted(counter: Counter) -> str:
     if len(counter) == 1:
         return next(iter(counter))
-    return ", ".join(f"{k} ({n} cells)" for k, n in counter.most_common())
+    return ", ".join(f"{k} ({_cells(n)})" for k, n in counter.most_common())
+
+
+def _cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
 
 
 def results_markdown(results_dir: str | os.PathLike) -> str:
@@ -295,9 +299,13 @@ def results_markdown(results_dir: str | os.PathLike) -> str:
     line = (
         f"Command: `{provenance.get('command')}`; preset: {f'`{preset}`' if preset else 'none'}; "
         f"commit: {_counted(commits) if cells else '-'}; machine: {_counted(machines) if cells else '-'}; "
-        f"{len(cells)} cells, {hours:.1f} h of training and evaluation"
+        f"{_cells(len(cells))}, {hours:.1f} h of training and evaluation"
     )
     resumed = sum(1 for c in cells if c.get("resumed"))
-    line += f" ({resumed} resumed cells count their last attempt only)." if resumed else "."
+    if resumed:
+        line += f" ({resumed} resumed cell counts its" if resumed == 1 else f" ({resumed} resumed cells count their"
+        line += " last attempt only)."
+    else:
+        line += "."
     policies = policies_markdown(folder)
     return f"{table}\n{line}\n" + (f"\n{policies}" if policies else "")

@@ -196,6 +196,7 @@ def test_results_folder_resume_and_provenance(fake_bundle, fake_runs, fake_eval,
     # results.md is generated from the committed files alone
     assert (results / "results.md").read_text() == results_markdown(results)
     assert "Command: `python -m monai_imbalance.experiments table" in results_markdown(results)
+    assert "; 4 cells, 0.0 h of training and evaluation." in results_markdown(results)
     assert len(load_cells(results)) == 4
 
     # a results folder holds one bundle / preset / split / class
@@ -277,7 +278,7 @@ def test_interrupted_cell_resumes_and_says_so(fake_bundle, fake_runs, tmp_path):
     assert "--resume" in train["ce__f0.5__s0"] and "--resume" not in train["vanilla__f0.5__s0"]
     cells = {c["variant"]: c for c in load_cells(results)}
     assert cells["ce"]["resumed"] is True and "resumed" not in cells["vanilla"]
-    assert "(1 resumed cells count their last attempt only)." in results_markdown(results)
+    assert "(1 resumed cell counts its last attempt only)." in results_markdown(results)
 
 
 def test_git_state_excludes_the_results_folder(tmp_path):
