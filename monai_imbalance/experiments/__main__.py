@@ -83,7 +83,8 @@ def _estimation(args: argparse.Namespace, overrides: list[str], command: str) ->
 
 def _merge(args: argparse.Namespace) -> int:
     added = merge_results_dirs(args.source, args.into)
-    print(f"{args.into}: {len(added)} cells added from {args.source}" + (f" ({', '.join(added)})" if added else ""))
+    names = f" ({', '.join(added)})" if added else ""
+    print(f"{args.into}: {len(added)} cell{'' if len(added) == 1 else 's'} added from {args.source}{names}")
     return 0
 
 
