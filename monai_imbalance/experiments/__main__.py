@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .estimation import run_estimation_table
 from .render import render_readme
-from .results import merge_results_dirs
+from .results import cell_count, merge_results_dirs
 from .table import VANILLA, run_table
 
 
@@ -84,7 +84,7 @@ def _estimation(args: argparse.Namespace, overrides: list[str], command: str) ->
 def _merge(args: argparse.Namespace) -> int:
     added = merge_results_dirs(args.source, args.into)
     names = f" ({', '.join(added)})" if added else ""
-    print(f"{args.into}: {len(added)} cell{'' if len(added) == 1 else 's'} added from {args.source}{names}")
+    print(f"{args.into}: {cell_count(len(added))} added from {args.source}{names}")
     return 0
 
 

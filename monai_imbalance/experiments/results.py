@@ -263,10 +263,11 @@ def _axes(cells: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) -> 
 def _counted(counter: Counter) -> str:
     if len(counter) == 1:
         return next(iter(counter))
-    return ", ".join(f"{k} ({_cells(n)})" for k, n in counter.most_common())
+    return ", ".join(f"{k} ({cell_count(n)})" for k, n in counter.most_common())
 
 
-def _cells(n: int) -> str:
+def cell_count(n: int) -> str:
+    """``"1 cell"``, ``"n cells"``: the count of cells in the tables' and commands' messages."""
     return f"{n} cell" if n == 1 else f"{n} cells"
 
 
@@ -299,7 +300,7 @@ def results_markdown(results_dir: str | os.PathLike) -> str:
     line = (
         f"Command: `{provenance.get('command')}`; preset: {f'`{preset}`' if preset else 'none'}; "
         f"commit: {_counted(commits) if cells else '-'}; machine: {_counted(machines) if cells else '-'}; "
-        f"{_cells(len(cells))}, {hours:.1f} h of training and evaluation"
+        f"{cell_count(len(cells))}, {hours:.1f} h of training and evaluation"
     )
     resumed = sum(1 for c in cells if c.get("resumed"))
     if resumed:

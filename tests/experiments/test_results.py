@@ -323,6 +323,9 @@ def test_merge_two_folders_of_one_table(fake_bundle, fake_runs, tmp_path, capsys
     assert table == (whole / "results.md").read_text().split("\n\n")[0]
     assert (a / "summary.csv").read_text() == (whole / "summary.csv").read_text()
     assert main(["merge", "--from", str(b), "--into", str(a)]) == 0 and "0 cells added" in capsys.readouterr().out
+    (a / "cells" / "ce__f0.5__s2.json").unlink()
+    assert main(["merge", "--from", str(b), "--into", str(a)]) == 0
+    assert ": 1 cell added from " in capsys.readouterr().out and (a / "cells" / "ce__f0.5__s2.json").is_file()
     other = tmp_path / "other"
     run_table(fake_bundle, ["vanilla"], [0.5], tmp_path / "ro", seeds=[0], results_dir=other, preset="fast")
     assert main(["merge", "--from", str(other), "--into", str(a)]) == 1
