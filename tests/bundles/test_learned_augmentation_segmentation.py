@@ -251,6 +251,20 @@ def test_evaluate_with_learned_tta_and_no_policy_file_fails(dataset, harness, tm
     assert not (tmp_path / "eval" / "metrics_per_case.csv").exists()  # failed before evaluating without the TTA
 
 
+def test_mirroring_control_trains_and_evaluates_end_to_end(dataset, harness, tmp_path):
+    """``heuristic_mirroring_tta`` through the bundle: one epoch of ``heuristic``'s training, then ``evaluate.json``
+    with nnU-Net's 8 mirrorings, which need no learned test-time policy file."""
+    files = ["train.json", "variants/heuristic_mirroring_tta.json"]
+    harness.complete(harness.workflow(files, dataset, tmp_path, epochs=1))
+    assert not (tmp_path / "models" / "test_time_policy.pt").exists()
+    wf = harness.complete(harness.workflow([*files, "evaluate.json"], dataset, tmp_path))
+    inferer = wf.parser.get_parsed_content("validate#inferer")
+    assert isinstance(inferer, LearnedTTAInferer) and inferer.transform_names == list(NNUNET_MIRRORING)
+    with open(tmp_path / "eval" / "metrics_per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({r["split"] for r in rows}) == ["external", "test"] and {r["class_index"] for r in rows} == {"1"}
+
+
 @pytest.mark.parametrize(
     "control, twin",
     [("heuristic_mirroring_tta", "heuristic"), ("learned_class_specific_heuristic_tta", "learned_class_specific")],
