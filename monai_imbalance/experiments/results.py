@@ -303,9 +303,10 @@ def results_markdown(results_dir: str | os.PathLike) -> str:
         f"{cell_count(len(cells))}, {hours:.1f} h of training and evaluation"
     )
     resumed = sum(1 for c in cells if c.get("resumed"))
-    if resumed:
-        line += f" ({resumed} resumed cell counts its" if resumed == 1 else f" ({resumed} resumed cells count their"
-        line += " last attempt only)."
+    if resumed == 1:
+        line += " (1 resumed cell counts its last attempt only)."
+    elif resumed:
+        line += f" ({resumed} resumed cells count their last attempt only)."
     else:
         line += "."
     policies = policies_markdown(folder)
