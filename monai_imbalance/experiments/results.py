@@ -32,6 +32,7 @@ import io
 import json
 import math
 import os
+import shlex
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -271,6 +272,43 @@ def cell_count(n: int) -> str:
     return f"{n} cell" if n == 1 else f"{n} cells"
 
 
+def table_command(provenance: Mapping[str, Any]) -> str | None:
+    """The command that makes the whole table: the latest run's command line with its ``--variants``, ``--seeds``
+    and ``--fractions`` replaced by all those of the folder (runs that each added some cells are one command; cells
+    already in the results folder count as finished, so it trains only what is missing).
+
+    Args:
+        provenance: a results folder's ``provenance.json`` (``command``, ``variants``, ``seeds``, ``fractions``).
+
+    Returns:
+        The command line (quoted as a shell reads it); the recorded one unchanged when it cannot be split.
+    """
+    command = provenance.get("command")
+    try:
+        words = shlex.split(command) if command else []
+    except ValueError:
+        return command
+    axes = {
+        "--variants": [str(v) for v in provenance.get("variants") or []],
+        "--seeds": [str(int(s)) for s in provenance.get("seeds") or []],
+        "--fractions": [repr(float(f)) for f in provenance.get("fractions") or []],
+    }
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        out.append(word)
+        i += 1
+        if word == "--":  # the bundle overrides follow: copied as they are
+            out.extend(words[i:])
+            break
+        if word in axes and axes[word]:
+            while i < len(words) and not words[i].startswith("--"):
+                i += 1
+            out.extend(axes[word])
+    return shlex.join(out) if words else command
+
+
 def results_markdown(results_dir: str | os.PathLike) -> str:
     """The table of a results folder, generated from its cell files and ``provenance.json`` only.
 
@@ -278,8 +316,9 @@ def results_markdown(results_dir: str | os.PathLike) -> str:
         results_dir: the results folder.
 
     Returns:
-        :func:`~monai_imbalance.experiments.markdown.format_table` of the cells, then a line with the command of
-        the latest run, the preset, the commits and machines of the cells and the total compute time.
+        :func:`~monai_imbalance.experiments.markdown.format_table` of the cells, then a line with the command that
+        makes the whole table (:func:`table_command`), the preset, the commits and machines of the cells and the
+        total compute time.
 
     Raises:
         FileNotFoundError: when the folder has no ``provenance.json``.
@@ -298,7 +337,8 @@ def results_markdown(results_dir: str | os.PathLike) -> str:
     machines = Counter(str(c.get("machine") or "unknown") for c in cells)
     hours = math.fsum(_seconds(c) for c in cells) / 3600
     line = (
-        f"Command: `{provenance.get('command')}`; preset: {f'`{preset}`' if preset else 'none'}; "
+        f"Command (the whole table; finished cells are skipped): `{table_command(provenance)}`; "
+        f"preset: {f'`{preset}`' if preset else 'none'}; "
         f"commit: {_counted(commits) if cells else '-'}; machine: {_counted(machines) if cells else '-'}; "
         f"{cell_count(len(cells))}, {hours:.1f} h of training and evaluation"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from monai_imbalance.experiments import cell_dir, config_files, load_cells, results_markdown, run_table
 from monai_imbalance.experiments.__main__ import main
 from monai_imbalance.experiments.render import GENERATED, markers
+from monai_imbalance.experiments.results import table_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -195,13 +197,35 @@ def test_results_folder_resume_and_provenance(fake_bundle, fake_runs, fake_eval,
         assert len(list(csv.DictReader(f))) == 4
     # results.md is generated from the committed files alone
     assert (results / "results.md").read_text() == results_markdown(results)
-    assert "Command: `python -m monai_imbalance.experiments table" in results_markdown(results)
+    assert "Command (the whole table; finished cells are skipped): `python -m monai_imbalance.experiments table" in (
+        results_markdown(results)
+    )
     assert "; 4 cells, 0.0 h of training and evaluation." in results_markdown(results)
     assert len(load_cells(results)) == 4
 
     # a results folder holds one bundle / preset / split / class
     with pytest.raises(ValueError, match="holds cells with preset None, this table has 'fast'"):
         run_table(fake_bundle, ["ce"], [0.5], tmp_path / "c", preset="fast", results_dir=results)
+
+
+def test_table_command_is_the_union_of_the_runs(fake_bundle, fake_runs, tmp_path):
+    """Runs that each added some variants or seeds render as one command that makes the whole table."""
+    results = tmp_path / "results"
+    head = "python -m monai_imbalance.experiments table --bundle b"
+    tail = "--out o --results r -- --classes \"['lesion']\" --seeds 9"
+    run_table(fake_bundle, ["vanilla"], [0.5], tmp_path / "o", seeds=[0], results_dir=results,
+              command=f"{head} --variants vanilla --seeds 0 --fractions 0.5 {tail}")  # fmt: skip
+    run_table(fake_bundle, ["ce"], [0.25], tmp_path / "o", seeds=[1, 2], results_dir=results,
+              command=f"{head} --variants ce --seeds 1 2 --fractions 0.25 {tail}")  # fmt: skip
+    provenance = json.loads((results / "provenance.json").read_text())
+    whole = table_command(provenance)
+    assert shlex.split(whole) == [
+        *shlex.split(head), "--variants", "vanilla", "ce", "--seeds", "0", "1", "2", "--fractions", "0.25", "0.5",
+        *shlex.split(tail),  # the overrides after -- are copied, their own --seeds included
+    ]  # fmt: skip
+    assert f"`{whole}`" in (results / "results.md").read_text() and provenance["command"].endswith(tail)
+    assert table_command({**provenance, "command": "table --variants 'open"}) == "table --variants 'open"
+    assert table_command({"command": None}) is None
 
 
 def test_collect_fills_the_results_folder(fake_bundle, fake_runs, tmp_path):
@@ -235,7 +259,7 @@ def test_render_between_markers_and_check(fake_bundle, fake_runs, tmp_path, caps
     block = text.split("<!-- results:t2 -->\n")[1].split("<!-- /results:t2 -->")[0]
     assert block == f"{GENERATED}\n{results_markdown(results)}"
     assert text.startswith("# Title\n\nbefore\n") and text.endswith("<!-- /results:t2 -->\nafter\n")
-    assert "| ce | **" in block and "Command: `" in block and "preset: none" in block and "commit: " in block
+    assert "| ce | **" in block and "Command (the whole table" in block and "preset: none" in block and "commit: " in block
     assert main([*args, "--check"]) == 0 and markers(text) == ["t2"]
     # a new cell makes the block stale
     run_table(fake_bundle, ["vanilla", "ce"], [0.5], tmp_path / "out", seeds=[0, 1, 2], results_dir=results)
