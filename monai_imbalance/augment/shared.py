@@ -27,7 +27,10 @@ mechanism:
 
 Staleness: a worker samples when it builds a batch, up to ``prefetch_factor * num_workers`` batches ahead of the
 trainer, so a batch's bins come from the probabilities of a few updates earlier (the authors sampled a whole epoch
-ahead). The weights, and hence the meta-gradients, always use the current logits. Under
+ahead). The weights, and hence the meta-gradients, always use the current logits. Which table version a batch reads
+depends on when its worker builds it relative to the trainer's update, i.e. on process timing: with ``num_workers > 0``
+a seeded run is repeatable in distribution, not to the bit (with ``num_workers=0`` the batch is built in the main
+process, after the previous update, and the order is fixed). Under
 ``torch.distributed`` each rank has its own table; ranks whose policies are kept equal (all-reduced gradients) write
 equal tables.
 """
