@@ -48,7 +48,7 @@ def trained(dataset, tmp_path_factory, bundle):
 def test_variants_are_the_issue_list():
     assert set(VARIANTS) == {
         "vanilla", "kmeans_t2", "dilated_t2", "colab_t2", "colab_t4", "colab_t6", "colab_t2_fast",
-        "colab_t2_scaled_meta_lr", "organ_t2", "colab_t2_batched",
+        "colab_t2_scaled_meta_lr", "colab_t4_scaled_meta_lr", "organ_t2", "colab_t2_batched",
     }  # fmt: skip
     for name in VARIANTS:
         content = json.loads((CONFIGS / "variants" / f"{name}.json").read_text())
@@ -160,11 +160,15 @@ def test_colab_training_with_performance_tracking(dataset, tmp_path, bundle):
         assert 0.0 <= external["estimated"][name][0] <= 1.0
 
 
-def test_scaled_meta_lr_variant_gives_the_generator_the_authors_step_budget(dataset, tmp_path, bundle):
-    """``colab_t2_scaled_meta_lr``: 3e-4 x min(100, 80,000 / generator updates), the updates counted by hand."""
-    wf = bundle.workflow(["train.json", "variants/colab_t2_scaled_meta_lr.json"], dataset, tmp_path, epochs=3)
+@pytest.mark.parametrize("variant, num_context", [("colab_t2_scaled_meta_lr", 2), ("colab_t4_scaled_meta_lr", 4)])
+def test_scaled_meta_lr_variant_gives_the_generator_the_authors_step_budget(
+    dataset, tmp_path, bundle, variant, num_context
+):
+    """``colab_t{2,4}_scaled_meta_lr``: 3e-4 x min(100, 80,000 / generator updates), the updates counted by hand."""
+    wf = bundle.workflow(["train.json", f"variants/{variant}.json"], dataset, tmp_path, epochs=3)
     wf.initialize()
     parser = wf.parser
+    assert parser.get_parsed_content("num_context") == num_context
     iterations = len(parser.get_parsed_content("train#dataloader"))
     patches = parser["batch_size"] * parser["num_samples"]
     updates = 3 * iterations // parser["meta_interval"] * patches  # one update per patch (the per-sample loop)
